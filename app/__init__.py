@@ -1,0 +1,1 @@
+"""DatasetNeRF Studio desktop application (Qt only; talks to core/ through plain Python objects)."""

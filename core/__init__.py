@@ -1,0 +1,1 @@
+"""DatasetNeRF Studio core: everything that runs without Qt."""
