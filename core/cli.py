@@ -1,0 +1,124 @@
+"""Headless command line: `python main.py <command> --help`.
+
+Each command is a small function over `core/`; the GUI calls the same functions.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from core.camera import DEFAULT_FOV_DEG
+from core.generator.configs import OFFICIAL_CONFIGS
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one clear line, exit status 2."""
+
+
+def _add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("backbone")
+    group.add_argument("--backbone", default="default", help="'default' (embedded), an EG3D network pickle (.pkl) or a studio checkpoint (.safetensors)")
+    group.add_argument("--config", choices=sorted(OFFICIAL_CONFIGS), help="an official configuration; needs --random-init")
+    group.add_argument("--random-init", action="store_true", help="random weights for --config (checks an install without downloading weights)")
+    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (auto: CUDA when present)")
+
+
+def _open_backbone(args):
+    from core.backbone import BackboneError, load_backbone, pick_device, random_backbone
+
+    try:
+        device = pick_device(args.device)
+        if args.config or args.random_init:
+            if not (args.config and args.random_init):
+                raise UserError("--config and --random-init go together (random weights of an official configuration)")
+            return random_backbone(args.config, device=device)
+        return load_backbone(args.backbone, device=device)
+    except (BackboneError, ValueError) as error:
+        raise UserError(str(error)) from error
+
+
+# ---------------------------------------------------------------------------- render
+def _render_parser(sub) -> None:
+    p = sub.add_parser("render", help="render one identity from one view to a PNG", description="Render one identity (EG3D seed convention) from a yaw/pitch look-at camera.")
+    _add_backbone_arguments(p)
+    p.add_argument("--seed", type=int, default=0, help="identity: z = RandomState(seed).randn(1, z_dim), as EG3D's gen_samples.py")
+    p.add_argument("--yaw", type=float, default=0.0, help="degrees from frontal (positive turns the camera to the subject's left)")
+    p.add_argument("--pitch", type=float, default=0.0, help="degrees from frontal")
+    p.add_argument("--fov", type=float, default=DEFAULT_FOV_DEG, help="field of view in degrees (default: the official scripts')")
+    p.add_argument("--truncation", type=float, default=1.0, help="truncation psi towards w_avg")
+    p.add_argument("--truncation-cutoff", type=int, default=14, help="number of w layers truncated (EG3D default 14)")
+    p.add_argument("--size", type=int, help="output size in pixels (default: the generator's own)")
+    p.add_argument("--neural-resolution", type=int, help="neural rendering resolution (default: the checkpoint's)")
+    p.add_argument("--mode", choices=["rgb", "depth"], default="rgb")
+    p.add_argument("--stochastic", action="store_true", help="EG3D's random ray jitter and importance sampling instead of the deterministic mode")
+    p.add_argument("--out", required=True, type=Path, help="output PNG")
+    p.set_defaults(run=_render)
+
+
+def _render(args) -> None:
+    import cv2
+    import torch
+
+    from core.fileio import write_png
+    from core.imaging import depth_to_uint8, rgb_to_uint8
+
+    if args.size is not None and args.size < 8:
+        raise UserError("--size must be at least 8 pixels")
+    if args.out.suffix.lower() != ".png":
+        raise UserError(f"--out must name a .png file, not {args.out}")
+    start = time.perf_counter()
+    backbone = _open_backbone(args)
+    with torch.no_grad():
+        identity = backbone.identity_from_seed(args.seed, args.truncation, args.truncation_cutoff)
+        camera = backbone.camera(args.yaw, args.pitch, fov=args.fov)
+        view = backbone.render(identity, camera, args.neural_resolution, deterministic=not args.stochastic)
+    if args.mode == "rgb":
+        image = rgb_to_uint8(view.image)
+    else:
+        kwargs = backbone.rendering_kwargs
+        near, far = kwargs.get("ray_start"), kwargs.get("ray_end")
+        near, far = (near, far) if isinstance(near, (int, float)) and isinstance(far, (int, float)) else (None, None)
+        image = depth_to_uint8(view.depth, near, far)
+    if args.size is not None and image.shape[0] != args.size:
+        shrink = args.size < image.shape[0]
+        image = cv2.resize(image, (args.size, args.size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    try:
+        write_png(args.out, image)
+    except OSError as error:
+        raise UserError(f"could not write {args.out}: {error}") from error
+    elapsed = time.perf_counter() - start
+    print(f"wrote {args.out} ({image.shape[1]}x{image.shape[0]}, {args.mode}, backbone {backbone.name}, {backbone.device}) in {elapsed:.1f} s")
+
+
+# ---------------------------------------------------------------------------- entry
+COMMANDS = [_render_parser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description="DatasetNeRF Studio. Without a command, opens the studio window; with one, runs headless.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="headless commands")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        args.run(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
