@@ -2,17 +2,18 @@
 import io
 import os
 import pickle
-import struct
 import subprocess
 import zipfile
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 
 from core.checkpoint.eg3d_pickle import (
     ALLOWED_GLOBALS,
     InertObject,
+    _RestrictedUnpickler,
     extract_generator,
     load_eg3d_pickle,
     read_network_pickle,
@@ -225,6 +226,40 @@ def test_tensor_view_past_its_storage_is_corrupt(tmp_path):
         read_network_pickle(path)
 
 
+class _RepointedTensor:
+    """A valid tensor followed by a BUILD that re-points it at a 4 GB view of its storage."""
+
+    def __reduce__(self):
+        storage = torch.zeros(4).storage()
+        tensor_args = (storage, 0, (4,), (1,), False, OrderedDict())
+        return torch._utils._rebuild_tensor_v2, tensor_args, (storage, 0, (10**9,), (1,))
+
+
+def test_build_cannot_repoint_a_loaded_tensor(tmp_path):
+    path = tmp_path / "repoint.pkl"
+    path.write_bytes(pickle.dumps({"G_ema": _RepointedTensor()}, protocol=4))
+    with pytest.raises(CorruptCheckpointError, match="overwrite the state of a loaded tensor"):
+        read_network_pickle(path)
+
+
+def test_state_dict_tensors_are_plain_tensors(fixture_pickle):
+    spec = extract_generator(read_network_pickle(fixture_pickle))
+    assert all(type(tensor) is torch.Tensor for tensor in spec.state_dict.values())
+
+
+def _restricted_loads(data: bytes):
+    return _RestrictedUnpickler(io.BytesIO(data)).load()
+
+
+def test_numpy_values_are_rebuilt_but_object_arrays_refused():
+    # EG3D modules hold numpy scalars (weight_gain, act_gain); arrays may appear in kwargs.
+    value = _restricted_loads(pickle.dumps({"gain": np.float64(0.5), "array": np.arange(6.0).reshape(2, 3)}, protocol=4))
+    assert value["gain"] == 0.5 and isinstance(value["gain"], np.float64)
+    assert np.array_equal(value["array"], np.arange(6.0).reshape(2, 3))
+    with pytest.raises(CorruptCheckpointError, match="Python objects"):
+        _restricted_loads(pickle.dumps(np.array([1, "x"], dtype=object), protocol=4))
+
+
 # ---------------------------------------------------------------------------- damaged / foreign files
 def test_truncated_file(tmp_path, fixture_pickle):
     data = fixture_pickle.read_bytes()
@@ -259,6 +294,15 @@ def test_zip_file_is_not_a_network_pickle(tmp_path):
         archive.writestr("a.txt", "x")
     with pytest.raises(NotANetworkPickleError, match="zip"):
         read_network_pickle(tmp_path / "dataset.zip")
+
+
+def test_safetensors_file_gets_a_hint(tmp_path):
+    import safetensors.torch
+
+    path = tmp_path / "backbone.pkl"
+    safetensors.torch.save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(NotANetworkPickleError, match="load_generator"):
+        load_eg3d_pickle(path)
 
 
 def test_pickle_of_a_plain_list(tmp_path):

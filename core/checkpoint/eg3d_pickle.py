@@ -108,6 +108,22 @@ def _placeholder_class(qualified_name: str) -> type:
     return type(f"Inert{class_name}", (InertObject,), {"__new__": __new__, "__module__": __name__})
 
 
+class InertTensor(torch.Tensor):
+    """The tensors the unpickler builds. Only difference to torch.Tensor: no __setstate__.
+
+    Tensor.__setstate__ would let a BUILD opcode re-point a loaded tensor at a storage view of
+    any size (torch grows the storage to fit, i.e. unbounded allocation) or attach backward
+    hooks; refusing it closes that door. `flatten_state_dict` hands out plain tensors.
+    """
+
+    def __setstate__(self, state):
+        raise CorruptCheckpointError("the pickle tries to overwrite the state of a loaded tensor")
+
+
+def as_plain_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.as_subclass(torch.Tensor).detach()
+
+
 # ---------------------------------------------------------------------------- allowed callables
 class _AllowedCallable:
     """What find_class hands out for an allowed function: our own safe reimplementation.
@@ -199,13 +215,14 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
         _check_view_fits(storage.size(), storage_offset, size, stride)
-        return torch.empty(0, dtype=storage.dtype).set_(storage, storage_offset, size, stride)
+        tensor = torch.empty(0, dtype=storage.dtype).set_(storage, storage_offset, size, stride)
+    return tensor.as_subclass(InertTensor)
 
 
 def _rebuild_parameter(data, requires_grad, backward_hooks, state=None):
     """Stand-in for torch._utils._rebuild_parameter(_with_state): just the (detached) data."""
-    if not isinstance(data, torch.Tensor):
-        raise CorruptCheckpointError("a parameter is built from something that is not a tensor")
+    if not isinstance(data, InertTensor):
+        raise CorruptCheckpointError("a parameter is built from something that is not a loaded tensor")
     if backward_hooks:
         raise CorruptCheckpointError("a parameter carries backward hooks")
     return data.detach()
@@ -338,15 +355,16 @@ def read_network_pickle(path) -> dict:
 def _check_starts_like_a_pickle(head: bytes) -> None:
     if not head:
         raise TruncatedCheckpointError("the file is empty")
+    # Every pickle written by Python 3 (protocol 2 or later) starts with the PROTO opcode.
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= pickle.HIGHEST_PROTOCOL:
+        return
     if head.startswith(b"PK\x03\x04"):
         raise NotANetworkPickleError(
             "this is a zip archive (a torch.save checkpoint or a dataset?), not an EG3D network pickle"
         )
-    if len(head) > 8 and head[8:9] == b"{":
+    if head[8:9] == b"{":  # safetensors: 8-byte header length, then a JSON header
         raise NotANetworkPickleError("this looks like a .safetensors file; load it with load_generator")
-    # Every pickle written by Python 3 (protocol 2 or later) starts with the PROTO opcode.
-    if head[0] != 0x80 or len(head) < 2 or not 2 <= head[1] <= pickle.HIGHEST_PROTOCOL:
-        raise NotANetworkPickleError("this is not a pickle file (it does not start with a pickle protocol header)")
+    raise NotANetworkPickleError("this is not a pickle file (it does not start with a pickle protocol header)")
 
 
 def _unpickle(file):
@@ -441,7 +459,7 @@ def _collect_module_tensors(record, prefix: str, flat: dict) -> None:
             continue
         if not isinstance(tensor, torch.Tensor):
             raise CorruptCheckpointError(f"{prefix}{name} is a {_describe_type(tensor)}, not a tensor")
-        flat[prefix + name] = tensor.detach()
+        flat[prefix + name] = as_plain_tensor(tensor)
     for name, child in state["_modules"].items():
         if child is not None:
             _collect_module_tensors(child, f"{prefix}{name}.", flat)
