@@ -414,16 +414,30 @@ def extract_generator(records: dict, key: str = "G_ema") -> GeneratorSpec:
     state = record.state
     if "_init_kwargs" not in state:
         raise NotANetworkPickleError(f"the pickle's {key!r} does not record its constructor arguments")
-    init_kwargs = plain_data(state["_init_kwargs"], "init_kwargs")
+    init_kwargs = _plain_dict(state["_init_kwargs"], "init_kwargs")
+    # The attribute, not the constructor argument: EG3D code may have changed it after construction.
     rendering_kwargs = state.get("rendering_kwargs", init_kwargs.get("rendering_kwargs", {}))
     return GeneratorSpec(
         class_name=record.class_name,
         init_args=tuple(plain_data(state.get("_init_args", ()), "init_args")),
         init_kwargs=init_kwargs,
-        rendering_kwargs=plain_data(rendering_kwargs, "rendering_kwargs"),
-        neural_rendering_resolution=int(state.get("neural_rendering_resolution", 64)),
+        rendering_kwargs=_plain_dict(rendering_kwargs, "rendering_kwargs"),
+        neural_rendering_resolution=_positive_int(state.get("neural_rendering_resolution", 64), "neural_rendering_resolution"),
         state_dict=flatten_state_dict(record),
     )
+
+
+def _plain_dict(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise NotANetworkPickleError(f"{where} is a {_describe_type(value)}, not a dict")
+    return plain_data(value, where)
+
+
+def _positive_int(value, where: str) -> int:
+    value = plain_data(value, where)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise NotANetworkPickleError(f"{where} is {value!r}, not a positive integer")
+    return value
 
 
 def plain_data(value, where: str):
