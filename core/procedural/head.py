@@ -144,7 +144,7 @@ class HeadShape:
     def _ear_and_cavity(self, q):
         """Solid ear (its front hollowed out) and the cavity volume (inner ear where <= 0)."""
         return ops.bounded(q, self.ear_bound_centre, self.ear_bound_radius,
-                           self._exact_ear_and_cavity, BOUND_MARGIN)
+                           self._exact_ear_and_cavity, BOUND_MARGIN, fields=2)
 
     def _exact_ear_and_cavity(self, q):
         x, y, z = ops.to_local(q, self.ear_base, self.ear_rotation)

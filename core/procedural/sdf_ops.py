@@ -61,28 +61,29 @@ def round_cone(q, r_base, r_tip, height):
     return np.where(k < 0.0, to_base, np.where(k > a * height, to_tip, to_side))
 
 
-def bounded(p, centre, radius, evaluate, margin):
+def bounded(p, centre, radius, evaluate, margin, fields=1):
     """Evaluate an expensive part only near its bounding sphere.
 
     Elsewhere the distance to the bounding sphere stands in: it never exceeds the distance to the
     part, so sphere tracing stays safe, and beyond ``margin`` (larger than every blend width the
     part takes part in) it cannot change the head's surface or the nearest-part label.
-    ``evaluate`` returns one distance array or a tuple of them (fields inside the same sphere).
+    ``evaluate`` returns one distance array, or a tuple of ``fields`` arrays (several fields that
+    live inside the same sphere).
     """
     distance = sphere(p, centre, radius)
     near = np.flatnonzero(distance < margin)
     if near.size == distance.size:
         return evaluate(p)
-    if near.size == 0:
+    exact = evaluate(tuple(axis[near] for axis in p)) if near.size else None
+    if fields == 1:
+        if exact is not None:
+            distance[near] = exact
         return distance
-    exact = evaluate(tuple(axis[near] for axis in p))
-    if not isinstance(exact, tuple):
-        distance[near] = exact
-        return distance
-    fields = tuple(distance.copy() for _ in exact)
-    for field, values in zip(fields, exact):
-        field[near] = values
-    return fields
+    outputs = tuple(distance.copy() for _ in range(fields))
+    if exact is not None:
+        for output, values in zip(outputs, exact):
+            output[near] = values
+    return outputs
 
 
 def smooth_min(a, b, k):
