@@ -192,7 +192,10 @@ def _pixel_centres(resolution: int, device) -> tuple[torch.Tensor, torch.Tensor]
 
 @dataclass(frozen=True)
 class Camera:
-    """A look-at camera as the studio's views and files describe it (angles in degrees)."""
+    """A look-at camera as the studio's views and files describe it (angles in degrees).
+
+    `radius` is the distance from the world origin (EG3D's convention), not from `pivot`.
+    """
 
     yaw: float = 0.0
     pitch: float = 0.0
@@ -214,11 +217,11 @@ class Camera:
     def from_label(cls, label, pivot=(0.0, 0.0, 0.2)) -> "Camera":
         """Recover yaw, pitch, radius and fov from a label produced for a look-at pose.
 
-        Raises ValueError when the label is not such a pose around `pivot`: a non-rigid matrix,
+        Yaw comes back in (-180, 180]. Raises ValueError when the label is not such a pose around `pivot`: a non-rigid matrix,
         a camera not aiming at the pivot, a rolled camera, or intrinsics that are not square
         pixels with a centred principal point.
         """
-        label = torch.as_tensor(label, dtype=torch.float64)
+        label = torch.as_tensor(label).detach().to("cpu", torch.float64)
         if label.numel() != 25:
             raise ValueError(f"expected one 25-float camera label, got shape {tuple(label.shape)}")
         if not torch.isfinite(label).all():

@@ -227,8 +227,8 @@ def coarse_depths(n, m, ray_start, ray_end, count, disparity_space, deterministi
 def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, count: int, det: bool = False, eps: float = 1e-5):
     """Inverse-transform sampling of `count` depths per ray from a piecewise-constant pdf.
 
-    bins (R, B) are bin edges, weights (R, W) the bin weights. EG3D passes one bin edge more than
-    weights+1 (see `importance_depths`); only the first W+1 edges are ever used.
+    bins (R, B) are bin edges, weights (R, W) the bin weights; normally B = W + 1. EG3D's
+    importance pass hands over W + 2 edges (see `importance_depths`): the last is never used.
     """
     rays, n_bins = weights.shape
     weights = weights + eps  # no bin has exactly zero mass
@@ -296,9 +296,11 @@ class ImportanceRenderer(nn.Module):
     forward(planes (N,3,C,H,W), decoder, ray_origins (N,M,3), ray_directions (N,M,3), options)
     returns EG3D's (features (N,M,C'), depth (N,M,1), weight total (N,M,1)). With
     ``return_samples=True`` it returns a dict that also holds the final (coarse + fine, sorted)
-    samples: 'sample_depths' (N,M,S,1), 'sample_sigma' raw densities (N,M,S,1) and
-    'sample_weights' per interval (N,M,S-1,1), which is what the semantic branch needs to
-    composite its own features with the backbone's density (see MipRayMarcher2.composite).
+    samples, sorted by depth: 'depths' (N,M,S,1), 'sigma' raw decoder densities (N,M,S,1) and
+    'weights' per interval between consecutive samples (N,M,S-1,1), next to 'features',
+    'depth' and 'weights_total' (EG3D's three outputs). The weights are what the semantic branch
+    needs to composite its own features with the backbone's density: evaluate them at
+    origins + depths * directions and call MipRayMarcher2.composite(values, weights).
     """
 
     def __init__(self):
@@ -322,20 +324,22 @@ class ImportanceRenderer(nn.Module):
 
         num_rays = ray_origins.shape[1]
         chunk = num_rays if not max_rays_per_chunk else max(1, int(max_rays_per_chunk))
-        parts = []
+        parts, lowest, highest = [], [], []
         for first in range(0, num_rays, chunk):
             rays = slice(first, first + chunk)
             limits = (ray_start[:, rays], ray_end[:, rays]) if torch.is_tensor(ray_start) else (ray_start, ray_end)
-            parts.append(
-                self._render_rays(planes, decoder, ray_origins[:, rays], ray_directions[:, rays], limits,
-                                  rendering_options, deterministic)
-            )
+            part = self._render_rays(planes, decoder, ray_origins[:, rays], ray_directions[:, rays], limits,
+                                     rendering_options, deterministic)
+            part["weights_total"] = part["weights"].sum(2)
+            lowest.append(part["depths"].min())
+            highest.append(part["depths"].max())
+            if not return_samples:  # keep only what is returned, to bound memory
+                part = {key: part[key] for key in ("features", "depth", "weights_total")}
+            parts.append(part)
         result = {key: torch.cat([part[key] for part in parts], dim=1) for key in parts[0]}
 
         # EG3D clamps depth to the range of all sample depths of the batch (see march()).
-        depths = result["sample_depths"]
-        result["depth"] = clamp_depth(result["depth"], depths.min(), depths.max())
-        result["weights_total"] = result["sample_weights"].sum(2)
+        result["depth"] = clamp_depth(result["depth"], torch.stack(lowest).min(), torch.stack(highest).max())
         if return_samples:
             return result
         return result["features"], result["depth"], result["weights_total"]
@@ -371,9 +375,9 @@ class ImportanceRenderer(nn.Module):
         return {
             "features": features,
             "depth": depth,
-            "sample_depths": depths,
-            "sample_sigma": densities,
-            "sample_weights": weights,
+            "depths": depths,
+            "sigma": densities,
+            "weights": weights,
         }
 
     def _query(self, planes, decoder, ray_origins, ray_directions, depths, options, deterministic):
