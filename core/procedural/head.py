@@ -27,6 +27,7 @@ MOUTH_RADIUS = 0.0055          # half-width of the painted mouth line
 MOUTH_GROOVE_DEPTH = 0.003     # how far the mouth line is carved into the muzzle
 FAR_FROM_SURFACE = 0.03        # label_at_points: farther outside than this is background
 INNER_EAR_MARGIN = 0.002       # ear surface this close to the cavity volume is inner ear
+NECK_BLEND = 0.08              # wide fillet: the neck grows out of the head, no waist
 BOUND_MARGIN = 0.03            # exceeds every blend width; see sdf_ops.bounded
 
 # Internal part indices of the folded model, in the order part_distances stacks them.
@@ -94,7 +95,7 @@ class HeadShape:
         self.neck_base = _offset(c, 0.0, -0.24, -0.08)
         self.neck_rotation = _float32(ops.rotation_x(15.0))
         self.neck_length = 0.25
-        self.neck_radii = (1.25 * p.neck_width, 0.9 * p.neck_width)
+        self.neck_radii = (1.25 * p.neck_width, 1.0 * p.neck_width)
 
     def _build_mouth(self, p):
         """The mouth line (a cat's inverted 'Y') as capsules lying on the muzzle surface."""
@@ -104,8 +105,7 @@ class HeadShape:
         outline_xy = [(0.0, nose_bottom + 0.002), (0.0, junction),
                       (0.35 * corner, junction - 0.010), (0.7 * corner, junction - 0.008),
                       (corner, junction)]
-        points = [self._project_to_surface(x, y) for x, y in outline_xy]
-        points = np.array(points, np.float32)
+        points = self._project_to_surface(np.array(outline_xy, np.float32))
         # (start, end) coordinates of each segment as (1, S) rows, ready for broadcasting.
         self.mouth_starts = tuple(points[None, :-1, axis] for axis in range(3))
         self.mouth_ends = tuple(points[None, 1:, axis] for axis in range(3))
@@ -114,17 +114,16 @@ class HeadShape:
         self.mouth_bound_centre = tuple(float(v) for v in centre)
         self.mouth_bound_radius = float(max(np.linalg.norm(np.subtract(points, centre), axis=1)))
 
-    def _project_to_surface(self, x: float, y: float) -> tuple:
-        """Point of the (mouth-less) head surface seen from the front at (x, y), by bisection."""
-        near, far = 0.6, self.cranium_centre[2]
-        for _ in range(40):
+    def _project_to_surface(self, xy: np.ndarray) -> np.ndarray:
+        """Points (K, 3) of the mouth-less head surface seen from the front at xy (K, 2)."""
+        near = np.full(len(xy), 0.6, np.float32)
+        far = np.full(len(xy), self.cranium_centre[2], np.float32)
+        for _ in range(32):  # bisection along -z: 0.5 / 2^32, far below a pixel
             middle = 0.5 * (near + far)
-            point = as_components([[x, y, middle]])
-            if self._body_without_mouth(point)[0] > 0.0:
-                near = middle
-            else:
-                far = middle
-        return (x, y, far)
+            outside = self._body_without_mouth((xy[:, 0], xy[:, 1], middle)) > 0.0
+            near = np.where(outside, middle, near)
+            far = np.where(outside, far, middle)
+        return np.stack([xy[:, 0], xy[:, 1], far], axis=1)
 
     # ----- distances of folded points ------------------------------------------------------
     def _fur(self, q):
@@ -199,7 +198,7 @@ class HeadShape:
     def sdf_folded(self, q):
         """Signed distance of the whole head at folded points (the tracer's inner loop)."""
         face = ops.smooth_min(self._fur(q), self._muzzle(q), 0.025)
-        face = ops.smooth_min(face, self._neck(q), 0.06)
+        face = ops.smooth_min(face, self._neck(q), NECK_BLEND)
         face = ops.smooth_min(face, self._ear_and_cavity(q)[0], 0.02)
         face = ops.smooth_max(face, -self._socket(q), 0.012)
         face = ops.smooth_max(face, MOUTH_GROOVE_DEPTH - self._mouth_line(q), 0.003)

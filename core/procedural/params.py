@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy.special import ndtr, ndtri
+import torch
 
 # (name, low, high, what it controls).  Lengths are in world units (the head is ~0.45 wide).
 PARAM_SPECS = [
@@ -44,7 +44,7 @@ PARAM_SPECS = [
     ("nose_pinkness", 0.0, 1.0, "nose colour, dark .. pink"),
     # --- texture ---
     ("stripe_frequency", 14.0, 26.0, "tabby stripe phase per radian around the head"),
-    ("stripe_width", 0.25, 0.55, "fraction of each stripe period that is dark"),
+    ("stripe_width", 0.20, 0.45, "fraction of each stripe period that is dark"),
     ("stripe_warp", 0.3, 1.4, "waviness of the stripes"),
     ("spottiness", 0.0, 1.0, "mix from stripes (0) to spots (1)"),
     ("pattern_offset_x", 0.0, 10.0, "3D offset of the pattern noise"),
@@ -56,6 +56,15 @@ PARAM_NAMES = [name for name, *_ in PARAM_SPECS]
 PARAM_COUNT = len(PARAM_SPECS)
 PARAM_LOW = np.array([low for _, low, _, _ in PARAM_SPECS], np.float64)
 PARAM_HIGH = np.array([high for _, _, high, _ in PARAM_SPECS], np.float64)
+
+
+def normal_cdf(z: np.ndarray) -> np.ndarray:
+    # torch (a project dependency) rather than scipy (only a transitive one) provides Phi.
+    return torch.special.ndtr(torch.as_tensor(z, dtype=torch.float64)).numpy()
+
+
+def normal_quantile(u: np.ndarray) -> np.ndarray:
+    return torch.special.ndtri(torch.as_tensor(u, dtype=torch.float64)).numpy()
 
 
 def latent_for_seed(seed: int, z_dim: int = PARAM_COUNT) -> np.ndarray:
@@ -89,9 +98,13 @@ class HeadParams:
         array = np.asarray(array, np.float64).reshape(-1)
         if array.shape[0] != PARAM_COUNT:
             raise ValueError(f"expected {PARAM_COUNT} values, got {array.shape[0]}")
-        if np.any(array < PARAM_LOW - 1e-9) or np.any(array > PARAM_HIGH + 1e-9):
-            raise ValueError("parameter outside its range; see PARAM_SPECS")
-        return cls(tuple(float(v) for v in array))
+        # Tolerate float32 round trips at the range ends, refuse anything really outside.
+        slack = 1e-5 * (PARAM_HIGH - PARAM_LOW)
+        outside = (array < PARAM_LOW - slack) | (array > PARAM_HIGH + slack) | ~np.isfinite(array)
+        if outside.any():
+            names = [PARAM_NAMES[i] for i in np.flatnonzero(outside)]
+            raise ValueError(f"parameters outside their ranges (see PARAM_SPECS): {names}")
+        return cls(tuple(float(v) for v in np.clip(array, PARAM_LOW, PARAM_HIGH)))
 
     @classmethod
     def from_latent(cls, z) -> "HeadParams":
@@ -99,7 +112,7 @@ class HeadParams:
         z = np.asarray(z, np.float64).reshape(-1)
         if z.shape[0] < PARAM_COUNT:
             raise ValueError(f"latent needs at least {PARAM_COUNT} dims, got {z.shape[0]}")
-        unit = ndtr(z[:PARAM_COUNT])
+        unit = normal_cdf(z[:PARAM_COUNT])
         return cls.from_array(PARAM_LOW + (PARAM_HIGH - PARAM_LOW) * unit)
 
     @classmethod
@@ -117,7 +130,7 @@ class HeadParams:
     def to_latent(self) -> np.ndarray:
         """Inverse of from_latent (clipped away from +-inf at the range ends)."""
         unit = (self.to_array() - PARAM_LOW) / (PARAM_HIGH - PARAM_LOW)
-        return ndtri(np.clip(unit, 1e-6, 1 - 1e-6))
+        return normal_quantile(np.clip(unit, 1e-6, 1 - 1e-6))
 
     def replace(self, **changes) -> "HeadParams":
         array = self.to_array()

@@ -12,8 +12,8 @@ marches.  Buffers (all HxW, row 0 at the top):
 * normals float32 HxWx3, unit world-space outward normals, 0 on background;
 * alpha   float32, 1 on the head, 0 on background (no antialiasing, so alpha > 0 <=> label > 0).
 
-Shading is Lambert + ambient with lights fixed in the head's frame.  Neither term depends on the
-viewing direction, so a surface point has the same colour in every view: a tri-plane generator,
+Shading is Lambert + ambient with lights fixed in the head's frame, times ambient occlusion from
+the distance field.  None of these depends on the viewing direction, so a surface point has the same colour in every view: a tri-plane generator,
 whose colour is a function of position only, can reproduce the renders exactly.  Shading is kept
 (rather than unlit albedo) because it makes the shape readable and gives the fitted generator
 geometry cues.
@@ -38,6 +38,8 @@ MAX_STEPS = 64
 HIT_EPSILON = 4e-4          # a ray has hit when the distance falls below this
 STEP_RELAXATION = 0.95      # under-relax: some primitives are bounds, not exact distances
 NORMAL_STEP = 5e-4          # finite-difference step of the normals
+AO_HEIGHTS = (0.01, 0.025, 0.05)   # distances along the normal probed for occlusion
+AO_STRENGTH = 0.6
 
 # Two lights fixed in the head's frame (unit-free directions towards the light) plus ambient.
 KEY_LIGHT = (0.45, 0.55, 0.70)
@@ -65,7 +67,8 @@ class ProceduralHead:
                        for axis in range(3))
         ids = self.shape.labels_on_surface(points)
         normals = surface_normals(self.shape, points)
-        colour = self.texture.albedo(points, ids) * lighting(normals)[:, None]
+        shade = lighting(normals) * ambient_occlusion(self.shape, points, normals)
+        colour = self.texture.albedo(points, ids) * shade[:, None]
         return assemble_buffers(len(origins[0]), hit_index, hit_t, ids, normals, colour, background)
 
     def sdf(self, xyz) -> np.ndarray:
@@ -77,7 +80,8 @@ class ProceduralHead:
 
 def camera_rays(label, resolution: int):
     """Origins and unit directions of EG3D's rays for one label, as (x, y, z) float32 arrays."""
-    cam2world, intrinsics = split_label(torch.as_tensor(np.asarray(label, np.float32)))
+    label = torch.as_tensor(np.asarray(label, np.float32)) if not torch.is_tensor(label) else label
+    cam2world, intrinsics = split_label(label.detach().to("cpu", torch.float32))
     if cam2world.shape[0] != 1:
         raise ValueError("render() takes one camera label")
     origins, directions = ray_bundle(cam2world, intrinsics, resolution)
@@ -127,6 +131,18 @@ def surface_normals(shape: HeadShape, points, step=NORMAL_STEP) -> np.ndarray:
     values = shape.sdf(samples).reshape(4, -1)
     gradient = values.T @ offsets
     return gradient / np.maximum(np.linalg.norm(gradient, axis=1, keepdims=True), 1e-12)
+
+
+def ambient_occlusion(shape: HeadShape, points, normals) -> np.ndarray:
+    """Darkening in creases (ear cavities, eye sockets, under the chin), from a few distance
+    samples along the normal: how much nearer the surface is there than the open-space value."""
+    heights = np.array(AO_HEIGHTS, np.float32)
+    samples = tuple(np.concatenate([points[axis] + h * normals[:, axis] for h in heights])
+                    for axis in range(3))
+    distances = shape.sdf(samples).reshape(len(heights), -1)
+    weights = (0.5 ** np.arange(len(heights), dtype=np.float32))[:, None]
+    occlusion = (weights * np.maximum(heights[:, None] - distances, 0.0) / heights[:, None]).sum(0)
+    return np.clip(1.0 - AO_STRENGTH * occlusion, 0.0, 1.0)
 
 
 def lighting(normals: np.ndarray) -> np.ndarray:

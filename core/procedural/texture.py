@@ -2,8 +2,8 @@
 muzzle/chest patches, eyes with slit pupils and a catch-light, nose, mouth, pink inner ears.
 
 Every pattern is a function of the 3D point in the head's frame (never of the view), so the
-texture is identical from every camera.  The patterns are sums of sines along fixed random
-directions: cheap, smooth, deterministic and free of lattice artefacts.
+texture is identical from every camera.  Patterns are built from 3D value noise (a hashed
+integer lattice, smoothly interpolated): deterministic, with no state and no stored tables.
 """
 from __future__ import annotations
 
@@ -23,32 +23,50 @@ COAT_COLOURS = np.array([
     [0.30, 0.30, 0.32],   # dark grey
     [0.55, 0.56, 0.60],   # blue-grey
     [0.50, 0.36, 0.22],   # brown
-    [0.86, 0.50, 0.20],   # ginger
+    [0.85, 0.55, 0.27],   # ginger
     [0.93, 0.78, 0.56],   # cream
     [0.93, 0.92, 0.89],   # white
 ])
 CREAM = np.array([0.95, 0.92, 0.86])
 
 
-def _fixed_directions(count: int, seed: int) -> np.ndarray:
-    """Unit vectors that define the noise; fixed forever so textures never change."""
-    directions = np.random.RandomState(seed).standard_normal((count, 3))
-    return (directions / np.linalg.norm(directions, axis=1, keepdims=True)).astype(np.float32)
+def _lattice_values(ix, iy, iz, seed: int) -> np.ndarray:
+    """Pseudo-random value in [0, 1) for each integer lattice point (a 32-bit integer hash)."""
+    h = (ix.astype(np.uint32) * np.uint32(73856093)) ^ (iy.astype(np.uint32) * np.uint32(19349663)) \
+        ^ (iz.astype(np.uint32) * np.uint32(83492791)) ^ np.uint32(seed * 2654435761 % 2 ** 32)
+    h = (h ^ (h >> np.uint32(15))) * np.uint32(2246822519)
+    h = (h ^ (h >> np.uint32(13))) * np.uint32(3266489917)
+    h = h ^ (h >> np.uint32(16))
+    return (h & np.uint32(0xFFFFFF)).astype(np.float32) * np.float32(1.0 / 0x1000000)
 
 
-_WARP_DIRECTIONS = _fixed_directions(6, 11)
-_SPOT_DIRECTIONS = _fixed_directions(7, 12)
-# Fur grain: streaks elongated along the fur's flow (mostly down the head), i.e. high frequency
-# across the flow and low along it.
-_GRAIN_DIRECTIONS = _fixed_directions(8, 13) * np.array([1.0, 0.25, 0.7], np.float32)
-
-
-def sine_noise(p, directions, frequency, phases):
-    """Sum of sines along fixed directions at points p = (x, y, z); roughly in [-1, 1]."""
+def value_noise(p, frequency, seed: int) -> np.ndarray:
+    """Smooth 3D value noise in [-1, 1]; ``frequency`` is lattice cells per unit along x, y, z."""
+    scaled = [axis * np.float32(f) for axis, f in zip(p, frequency)]
+    cells = [np.floor(axis) for axis in scaled]
+    fractions = [axis - cell for axis, cell in zip(scaled, cells)]
+    weights = [f * f * (3.0 - 2.0 * f) for f in fractions]
+    ix, iy, iz = (cell.astype(np.int64) for cell in cells)
     total = 0.0
-    for (dx, dy, dz), phase in zip(directions * frequency, phases):
-        total = total + np.sin(p[0] * dx + p[1] * dy + p[2] * dz + phase)
-    return total * (1.4 / len(directions) ** 0.5)
+    for dx in (0, 1):
+        wx = weights[0] if dx else 1.0 - weights[0]
+        for dy in (0, 1):
+            wy = weights[1] if dy else 1.0 - weights[1]
+            for dz in (0, 1):
+                wz = weights[2] if dz else 1.0 - weights[2]
+                total = total + wx * wy * wz * _lattice_values(ix + dx, iy + dy, iz + dz, seed)
+    return 2.0 * total - 1.0
+
+
+def fractal_noise(p, frequency, seed: int, octaves: int = 2) -> np.ndarray:
+    """Value noise plus finer octaves at half the amplitude each, roughly in [-1, 1]."""
+    total, amplitude, norm = 0.0, 1.0, 0.0
+    for octave in range(octaves):
+        scaled = [f * 2 ** octave for f in frequency]
+        total = total + amplitude * value_noise(p, scaled, seed + octave)
+        norm += amplitude
+        amplitude *= 0.5
+    return total / norm
 
 
 def coat_colour(coat: float, brightness: float, warmth: float) -> np.ndarray:
@@ -73,7 +91,6 @@ class HeadTexture:
         self.inner_ear = np.array([0.88, 0.60, 0.62]) * 0.8 + self.fur * 0.2
         self.mouth = np.array([0.12, 0.07, 0.07])
         self.offset = (p.pattern_offset_x, p.pattern_offset_y, p.pattern_offset_z)
-        self.phases = np.arange(8) * 2.4 + p.pattern_offset_x
 
     def albedo(self, p, ids) -> np.ndarray:
         """(N, 3) float32 colours in [0, 1] of surface points p = (x, y, z) with their ids."""
@@ -99,7 +116,7 @@ class HeadTexture:
         pattern = self._stripes(relative) * (1.0 - params.spottiness) + self._spots(relative) * params.spottiness
         colour = self.fur + (self.stripe - self.fur) * pattern[:, None]
         colour = colour + (self.light - colour) * self._light_patch_weight(relative)[:, None]
-        grain = sine_noise(_shifted(p, self.offset), _GRAIN_DIRECTIONS, 170.0, self.phases)
+        grain = self._grain(p)
         return colour * (1.0 + params.fur_grain * grain)[:, None]
 
     def _stripes(self, r):
@@ -110,7 +127,7 @@ class HeadTexture:
         # Below the eyes and on the neck the bands run around the body, i.e. follow height.
         lower = ops.smoothstep(-0.01, -0.07, y)
         coordinate = around + (y * 140.0 - around) * lower
-        warp = sine_noise(_shifted(r, self.offset), _WARP_DIRECTIONS, 14.0, self.phases[:6])
+        warp = 2.0 * fractal_noise(_shifted(r, self.offset), (9.0, 9.0, 9.0), seed=1)
         wave = np.cos(coordinate + params.stripe_warp * warp)
         threshold = np.cos(np.pi * params.stripe_width)
         stripes = ops.smoothstep(threshold - 0.1, threshold + 0.1, wave)
@@ -119,8 +136,12 @@ class HeadTexture:
         return stripes * (1.0 - plain)
 
     def _spots(self, r):
-        noise = sine_noise(_shifted(r, self.offset), _SPOT_DIRECTIONS, 60.0, self.phases[1:8])
-        return ops.smoothstep(0.45, 0.7, noise)
+        noise = fractal_noise(_shifted(r, self.offset), (22.0, 22.0, 22.0), seed=2)
+        return ops.smoothstep(0.2, 0.4, noise)
+
+    def _grain(self, p):
+        """Fur streaks: fine noise stretched along y, the way fur lies down the head and neck."""
+        return fractal_noise(_shifted(p, self.offset), (110.0, 28.0, 110.0), seed=3)
 
     def _light_patch_weight(self, r):
         """Chin, throat and chest lighten towards cream; nothing above the muzzle."""
