@@ -228,7 +228,9 @@ class HeadShape:
         return ids
 
     def label_at_points(self, p, far=FAR_FROM_SURFACE):
-        """Label ids of arbitrary points: nearest surface part, background beyond ``far``."""
+        """Label ids of arbitrary points: the part whose carved distance is smallest (the part
+        containing an inside point, the nearest part's surface for an outside one), and
+        background for points more than ``far`` outside the head."""
         ids = self.labels_on_surface(p)
         ids[self.sdf(p) > far] = LABEL_IDS["background"]
         return ids
