@@ -48,8 +48,10 @@ def test_render_shapes(tiny):
     assert view.feature_image.shape == (1, 32, 16, 16)
     assert view.depth.shape == (1, 1, 16, 16)
     samples = 8 + 8  # coarse + importance
-    for key in ("depths", "weights", "sigma"):
+    for key in ("depths", "sigma"):
         assert view.samples[key].shape == (1, 16 * 16, samples, 1)
+    # EG3D's marcher weights the intervals between consecutive samples.
+    assert view.samples["weights"].shape == (1, 16 * 16, samples - 1, 1)
     # Expected depth lies within the sampled interval.
     assert view.depth.min() >= 2.25 - 1e-4 and view.depth.max() <= 3.3 + 1e-4
 

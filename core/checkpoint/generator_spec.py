@@ -54,7 +54,6 @@ def build_generator(spec: GeneratorSpec, device="cpu") -> torch.nn.Module:
     _register_training_loop_buffers(generator, spec.state_dict)
     check_state_dict_matches(generator, spec.state_dict)
     generator.load_state_dict(spec.state_dict, strict=True)
-    _remember_constructor_arguments(generator, spec)
     return generator.eval().requires_grad_(False).to(device)
 
 
@@ -87,12 +86,3 @@ def check_state_dict_matches(module: torch.nn.Module, state_dict: dict) -> None:
     ]
     if missing or unexpected or mismatched:
         raise StateDictMismatchError(missing, unexpected, mismatched)
-
-
-def _remember_constructor_arguments(generator: torch.nn.Module, spec: GeneratorSpec) -> None:
-    # EG3D's persistence gave every network init_args/init_kwargs; the studio format needs them
-    # to save a loaded generator again. Only set them where the class does not provide its own.
-    if not hasattr(generator, "init_kwargs"):
-        generator.init_kwargs = copy.deepcopy(spec.init_kwargs)
-    if not hasattr(generator, "init_args"):
-        generator.init_args = tuple(copy.deepcopy(spec.init_args))

@@ -57,16 +57,11 @@ def save_generator(generator: torch.nn.Module, path, metadata: dict | None = Non
 
 
 def _config_json(generator: torch.nn.Module, metadata: dict | None, checksum: str) -> str:
-    if not hasattr(generator, "init_kwargs"):
-        raise CheckpointError(
-            f"this {type(generator).__name__} does not record its constructor arguments "
-            "(init_kwargs), so it cannot be rebuilt from a checkpoint"
-        )
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "class_name": type(generator).__name__,
-        "init_args": list(getattr(generator, "init_args", ())),
+        "init_args": list(generator.init_args),
         "init_kwargs": generator.init_kwargs,
         "rendering_kwargs": generator.rendering_kwargs,
         "neural_rendering_resolution": int(generator.neural_rendering_resolution),

@@ -11,6 +11,7 @@ so that an orbit, a batch of factory views or an editing loop never re-runs the 
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -51,7 +52,9 @@ class View:
     image_raw: torch.Tensor  # (N, 3, h, w): neural-rendered RGB at the neural rendering resolution
     feature_image: torch.Tensor  # (N, 32, h, w): the raw volume-rendered feature image
     depth: torch.Tensor  # (N, 1, h, w): expected ray depth (distance along the normalised ray)
-    samples: dict | None = None  # per-sample 'depths', 'weights', 'sigma', each (N, h*w, S, 1)
+    # With return_samples: the final sorted samples' 'depths' and raw 'sigma' (N, h*w, S, 1), and
+    # the marcher's 'weights' of the S-1 intervals between them (N, h*w, S-1, 1).
+    samples: dict | None = None
 
 
 class OSGDecoder(torch.nn.Module):
@@ -107,6 +110,22 @@ class TriPlaneGenerator(torch.nn.Module):
         **synthesis_kwargs,
     ):
         super().__init__()
+        # Recorded so that a checkpoint can rebuild this exact network (EG3D's persistence does the same).
+        self.init_args = ()
+        self.init_kwargs = copy.deepcopy(dict(
+            z_dim=z_dim,
+            c_dim=c_dim,
+            w_dim=w_dim,
+            img_resolution=img_resolution,
+            img_channels=img_channels,
+            sr_num_fp16_res=sr_num_fp16_res,
+            mapping_kwargs=mapping_kwargs,
+            rendering_kwargs=rendering_kwargs,
+            sr_kwargs=sr_kwargs,
+            **synthesis_kwargs,
+        ))
+        if plane_resolution != EG3D_PLANE_RESOLUTION:
+            self.init_kwargs["plane_resolution"] = plane_resolution
         self.z_dim = z_dim
         self.c_dim = c_dim
         self.w_dim = w_dim
