@@ -93,7 +93,9 @@ def _render(args) -> None:
 
 
 # ---------------------------------------------------------------------------- entry
-COMMANDS = [_render_parser]
+from core.fitting.cli import evaluate_parser, fit_backbone_parser  # noqa: E402
+
+COMMANDS = [_render_parser, fit_backbone_parser, evaluate_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

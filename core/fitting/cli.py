@@ -1,0 +1,144 @@
+"""Command-line parsers of the fit: `fit-backbone` and `evaluate fit` (registered in core.cli)."""
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+
+def fit_backbone_parser(sub) -> None:
+    p = sub.add_parser(
+        "fit-backbone", help="fit the small generator to the procedural category",
+        description="Fit a small EG3D-architecture generator so that identity z renders like procedural "
+                    "identity z from every view (rgb, alpha and depth supervision; never part labels). "
+                    "Ctrl-C saves a checkpoint; --resume continues it.")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint (.safetensors); a sidecar <out>.state.pt holds the optimizer")
+    p.add_argument("--minutes", type=float, help="training time of this run")
+    p.add_argument("--steps", type=int, help="stop at this total number of steps")
+    p.add_argument("--resume", action="store_true", help="continue from --out and its sidecar")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints (default 300)")
+    p.set_defaults(run=_fit_backbone)
+
+
+def _fit_backbone(args) -> None:
+    import torch
+
+    from core.cli import UserError
+    from core.fitting.config import FitSettings
+    from core.fitting.trainer import FitError, FitRequest, fit
+
+    _check_fit_arguments(args, UserError)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = FitSettings(checkpoint_every_s=args.checkpoint_every)
+    request = FitRequest(out=args.out, minutes=args.minutes, steps=args.steps, resume=args.resume,
+                         device=args.device, settings=settings)
+    bar = _ProgressBar(args.minutes, args.steps)
+    try:
+        with _sigterm_as_interrupt():
+            result = fit(request, progress=bar.update)
+    except FitError as error:
+        raise UserError(str(error)) from error
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted: checkpoint saved to {args.out}; continue with --resume")
+        raise
+    bar.close()
+    print(f"saved {result.out} at step {result.step} (loss {result.loss:.4f}, "
+          f"{result.train_seconds / 60:.1f} min of training in all)")
+
+
+def _check_fit_arguments(args, UserError) -> None:
+    if args.minutes is None and args.steps is None:
+        raise UserError("give --minutes or --steps (or both)")
+    if args.minutes is not None and args.minutes <= 0:
+        raise UserError("--minutes must be positive")
+    if args.steps is not None and args.steps < 1:
+        raise UserError("--steps must be at least 1")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for, but torch sees no CUDA device")
+
+
+class _sigterm_as_interrupt:
+    """A `kill` (SIGTERM) saves a checkpoint exactly as Ctrl-C does."""
+
+    def __enter__(self):
+        def handler(signum, frame):
+            raise KeyboardInterrupt
+
+        try:
+            self._previous = signal.signal(signal.SIGTERM, handler)
+        except ValueError:        # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+
+class _ProgressBar:
+    """tqdm over steps (with --steps) or over seconds (with --minutes only), loss in the postfix."""
+
+    def __init__(self, minutes, steps):
+        from tqdm import tqdm
+
+        self.by_steps = steps is not None
+        total = steps if self.by_steps else int(minutes * 60)
+        self.bar = tqdm(total=total, unit="step" if self.by_steps else "s", dynamic_ncols=True)
+
+    def update(self, progress) -> None:
+        done = progress.step if self.by_steps else int(progress.elapsed_s)
+        self.bar.update(max(done - self.bar.n, 0))
+        postfix = {"step": progress.step, "loss": f"{progress.loss:.4f}", "rgb": f"{progress.losses['rgb']:.4f}",
+                   "alpha": f"{progress.losses['alpha']:.4f}", "depth": f"{progress.losses['depth']:.4f}"}
+        if progress.eta_s is not None:
+            postfix["eta"] = f"{progress.eta_s / 60:.1f}min"
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# ---------------------------------------------------------------------------- evaluate fit
+def evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="quality figures against procedural ground truth",
+                       description="Quality figures measured against the procedural category.")
+    what = p.add_subparsers(dest="evaluation", metavar="WHAT", required=True)
+    fit = what.add_parser("fit", help="how well a backbone reproduces held-out procedural identities",
+                          description="PSNR, silhouette IoU and depth error of a backbone against the procedural "
+                                      "renders of identities from the 'evaluate' seed range, 8 fixed views.")
+    fit.add_argument("--backbone", default="default", help="'default' (embedded) or a studio checkpoint (.safetensors)")
+    fit.add_argument("--identities", type=int, default=50)
+    fit.add_argument("--views", type=int, default=8, help="how many of the 8 fixed evaluation views")
+    fit.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    fit.add_argument("--json", action="store_true", help="print the figures as JSON")
+    fit.set_defaults(run=_evaluate_fit)
+
+
+def _evaluate_fit(args) -> None:
+    import torch
+
+    from core.backbone import BackboneError, load_backbone, pick_device
+    from core.cli import UserError
+    from core.fitting.evaluate import evaluate_fit
+
+    try:
+        backbone = load_backbone(args.backbone, device=pick_device(args.device))
+        with torch.no_grad():
+            figures = evaluate_fit(backbone.generator, args.identities, args.views)
+    except (BackboneError, ValueError) as error:
+        raise UserError(str(error)) from error
+    figures["backbone"] = backbone.name
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    print(f"{backbone.name}: PSNR {figures['psnr']:.2f} dB, silhouette IoU {figures['silhouette_iou']:.4f}, "
+          f"depth error {100 * figures['depth_error']:.2f}% of head radius {figures['head_radius']} "
+          f"({len(figures['identities'])} identities x {len(figures['views'])} views, {figures['resolution']}^2)")

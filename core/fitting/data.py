@@ -1,0 +1,112 @@
+"""Training data of the fit: random rays of random views of procedural identities.
+
+The procedural renderer traces exactly the rays the generator marches (both come from
+``core.camera.ray_bundle``), so a random subset of a view's pixels is rendered on the fly at a
+fraction of a full view's cost.  Only rgb, alpha and depth leave this module: the part labels
+the procedural renderer also computes are dropped here, so the fit can never see them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core.camera import Camera, ray_bundle, split_label
+from core.procedural import RENDERING, SEED_RANGES, HeadParams, ProceduralHead, latent_for_seed
+from core.procedural.category import BACKGROUND_RGB, PITCH_RANGE, YAW_RANGE
+from core.procedural.renderer import bound_interval
+
+# What the fit may read from a procedural render; labels and normals are deliberately absent.
+SUPERVISED_BUFFERS = ("rgb", "alpha", "depth")
+
+
+@dataclass
+class RayBatch:
+    """Rays of a batch of identities with their procedural targets (all float32 tensors)."""
+
+    z: torch.Tensor           # (N, z_dim)
+    origins: torch.Tensor     # (N, M, 3)
+    directions: torch.Tensor  # (N, M, 3)
+    rgb: torch.Tensor         # (N, M, 3) in [0, 1], composited on the grey background
+    alpha: torch.Tensor       # (N, M, 1) 1 on the head
+    depth: torch.Tensor       # (N, M, 1) distance along the ray, 0 where alpha is 0
+
+    def to(self, device) -> "RayBatch":
+        return RayBatch(*(getattr(self, name).to(device) for name in self.__dataclass_fields__))
+
+
+def camera_for(yaw: float, pitch: float) -> Camera:
+    """A look-at camera of the procedural category's family (EG3D FFHQ constants)."""
+    return Camera(yaw=yaw, pitch=pitch, radius=RENDERING["avg_camera_radius"], fov=RENDERING["fov"],
+                  pivot=tuple(RENDERING["avg_camera_pivot"]))
+
+
+def view_rays(camera: Camera, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """(R*R, 3) origins and unit directions of a camera's pixel rays."""
+    cam2world, intrinsics = split_label(camera.label()[None])
+    origins, directions = ray_bundle(cam2world, intrinsics, resolution)
+    return origins[0].numpy(), directions[0].numpy()
+
+
+def procedural_targets(head: ProceduralHead, origins: np.ndarray, directions: np.ndarray) -> dict:
+    """rgb / alpha / depth of arbitrary rays (M, 3): the only procedural buffers the fit reads."""
+    # The sphere tracer works on any set of rays; _trace_and_shade is the renderer's per-ray core.
+    buffers = head._trace_and_shade(tuple(origins.T), tuple(directions.T), BACKGROUND_RGB)
+    return {name: buffers[name] for name in SUPERVISED_BUFFERS}
+
+
+def pick_rays(origins, directions, count: int, foreground_fraction: float, rng) -> np.ndarray:
+    """Pixel indices: most aimed at the head's bounding sphere (where the detail is), the rest
+    anywhere so that empty space is taught to stay empty."""
+    near_head, _, _ = bound_interval(tuple(origins.T), tuple(directions.T))
+    aimed = int(round(count * foreground_fraction)) if near_head.size else 0
+    chosen_near = rng.choice(near_head, aimed, replace=aimed > near_head.size) if aimed else np.zeros(0, np.int64)
+    chosen_any = rng.randint(0, len(origins), count - aimed)
+    return np.concatenate([chosen_near, chosen_any]).astype(np.int64)
+
+
+def random_view(rng) -> Camera:
+    return camera_for(rng.uniform(*YAW_RANGE), rng.uniform(*PITCH_RANGE))
+
+
+def identity_rays(seed: int, z_dim: int, views: int, rays: int, foreground_fraction: float, rng,
+                  resolution: int):
+    """One identity's z, and `rays` random rays pooled from `views` random views with targets."""
+    z = latent_for_seed(seed, z_dim)
+    head = ProceduralHead(HeadParams.from_latent(z))
+    per_view = np.diff(np.linspace(0, rays, views + 1).astype(int))
+    parts = []
+    for count in per_view:
+        origins, directions = view_rays(random_view(rng), resolution)
+        index = pick_rays(origins, directions, int(count), foreground_fraction, rng)
+        targets = procedural_targets(head, origins[index], directions[index])
+        parts.append((origins[index], directions[index], targets))
+    return z, parts
+
+
+def sample_batch(step_seed: int, settings, z_dim: int, resolution: int) -> RayBatch:
+    """The batch of one training step; a function of `step_seed` only (so resumes repeat it)."""
+    rng = np.random.RandomState(step_seed)
+    fit_seeds = SEED_RANGES["fit"]
+    seeds = rng.randint(fit_seeds.start, fit_seeds.stop, settings.identities_per_step)
+    zs, fields = [], {name: [] for name in ("origins", "directions", "rgb", "alpha", "depth")}
+    for seed in seeds:
+        z, parts = identity_rays(int(seed), z_dim, settings.views_per_identity, settings.rays_per_identity,
+                                 settings.foreground_ray_fraction, rng, resolution)
+        zs.append(z)
+        fields["origins"].append(np.concatenate([p[0] for p in parts]))
+        fields["directions"].append(np.concatenate([p[1] for p in parts]))
+        for name in SUPERVISED_BUFFERS:
+            fields[name].append(np.concatenate([p[2][name] for p in parts]))
+    return _as_batch(zs, fields)
+
+
+def _as_batch(zs, fields) -> RayBatch:
+    def stack(name):
+        return torch.from_numpy(np.stack(fields[name]).astype(np.float32))
+
+    alpha, depth = stack("alpha")[..., None], stack("depth")[..., None]
+    depth = torch.where(alpha > 0.5, depth, torch.zeros_like(depth))   # inf on background
+    return RayBatch(torch.from_numpy(np.stack(zs).astype(np.float32)), stack("origins"), stack("directions"),
+                    stack("rgb"), alpha, depth)

@@ -1,0 +1,96 @@
+"""How well a backbone reproduces the procedural category: `python main.py evaluate fit`.
+
+Identities come from the 'evaluate' seed range (never used by the fit, which draws from 'fit');
+views are the fixed EVALUATION_VIEWS below.  The fit samples yaw and pitch continuously over
+yaw +-90 deg, pitch +-30 deg, so these exact cameras are not training views, though they lie in
+the same range.  Everything is compared at the backbone's own output resolution (128^2 for the
+embedded default), deterministic rendering, no truncation.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from core.fitting.data import camera_for, view_rays
+from core.fitting.trainer import HEAD_RADIUS, predict_rays
+from core.procedural import HeadParams, ProceduralHead, latent_for_seed, seeds_for
+
+# (yaw, pitch) in degrees; positive yaw moves the camera to +x (the head's left).
+EVALUATION_VIEWS = [(0.0, 0.0), (25.0, -10.0), (-25.0, 15.0), (50.0, 5.0),
+                    (-50.0, -20.0), (75.0, 20.0), (-75.0, -5.0), (10.0, 28.0)]
+FOREGROUND_ALPHA = 0.5
+
+
+def evaluation_views(count: int) -> list[tuple[float, float]]:
+    if not 1 <= count <= len(EVALUATION_VIEWS):
+        raise ValueError(f"--views must be between 1 and {len(EVALUATION_VIEWS)}, got {count}")
+    return EVALUATION_VIEWS[:count]
+
+
+@torch.no_grad()
+def backbone_view(generator, seed: int, yaw: float, pitch: float, resolution: int) -> dict:
+    """rgb [0,1] on grey (H, W, 3), alpha and depth (H, W) of identity `seed` from a camera."""
+    device = next(generator.parameters()).device
+    z = torch.from_numpy(latent_for_seed(seed, generator.z_dim)[None]).float().to(device)
+    origins, directions = view_rays(camera_for(yaw, pitch), resolution)
+    rays = [torch.from_numpy(array)[None].to(device) for array in (origins, directions)]
+    generator.eval()
+    predicted = predict_rays(generator, z, *rays, stochastic=False, max_rays_per_chunk=8192)
+    image_shape = (resolution, resolution)
+    return {"rgb": predicted["rgb"][0].clamp(0, 1).reshape(*image_shape, 3).cpu().numpy(),
+            "alpha": predicted["alpha"][0].reshape(image_shape).cpu().numpy(),
+            "depth": predicted["depth"][0].reshape(image_shape).cpu().numpy()}
+
+
+def procedural_view(seed: int, yaw: float, pitch: float, resolution: int, z_dim: int) -> dict:
+    head = ProceduralHead(HeadParams.from_latent(latent_for_seed(seed, z_dim)))
+    buffers = head.render(camera_for(yaw, pitch).label(), resolution)
+    return {name: buffers[name] for name in ("rgb", "alpha", "depth")}
+
+
+def compare_view(predicted: dict, target: dict) -> dict:
+    """Per-image figures: PSNR of rgb, IoU of silhouettes, depth error sum/count on shared pixels."""
+    mse = float(np.mean((predicted["rgb"] - target["rgb"]) ** 2))
+    mine, theirs = predicted["alpha"] > FOREGROUND_ALPHA, target["alpha"] > FOREGROUND_ALPHA
+    union = np.logical_or(mine, theirs).sum()
+    both = np.logical_and(mine, theirs)
+    depth_gap = np.abs(predicted["depth"][both] - target["depth"][both])
+    return {"psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
+            "iou": float(both.sum() / union) if union else 1.0,
+            "depth_sum": float(depth_gap.sum()), "depth_count": int(both.sum())}
+
+
+def evaluate_fit(generator, identities: int = 50, views: int = 8, resolution: int | None = None,
+                 progress=None) -> dict:
+    """The fit figures of issue 3 over `identities` x `views` held-out images."""
+    if identities < 1:
+        raise ValueError(f"--identities must be at least 1, got {identities}")
+    resolution = resolution or int(generator.neural_rendering_resolution)
+    cameras = evaluation_views(views)
+    seeds = seeds_for("evaluate", identities)
+    per_image = []
+    for seed in seeds:
+        for yaw, pitch in cameras:
+            per_image.append(compare_view(backbone_view(generator, seed, yaw, pitch, resolution),
+                                          procedural_view(seed, yaw, pitch, resolution, generator.z_dim)))
+            if progress is not None:
+                progress(len(per_image), len(seeds) * len(cameras))
+    return summarise(per_image, seeds, cameras, resolution)
+
+
+def summarise(per_image: list[dict], seeds, cameras, resolution: int) -> dict:
+    depth_count = sum(item["depth_count"] for item in per_image)
+    depth_world = sum(item["depth_sum"] for item in per_image) / max(depth_count, 1)
+    return {
+        "psnr": float(np.mean([item["psnr"] for item in per_image])),
+        "silhouette_iou": float(np.mean([item["iou"] for item in per_image])),
+        "depth_error": depth_world / HEAD_RADIUS,
+        "depth_error_world": depth_world,
+        "head_radius": HEAD_RADIUS,
+        "resolution": resolution,
+        "identities": [int(seed) for seed in seeds],
+        "views": [{"yaw": yaw, "pitch": pitch} for yaw, pitch in cameras],
+        "images": len(per_image),
+    }

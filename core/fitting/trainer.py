@@ -1,0 +1,288 @@
+"""The fit trainer: a small TriPlaneGenerator learns to render procedural identity z as the
+procedural renderer does, from rgb, alpha and depth of random rays (never part labels).
+
+    result = fit(FitRequest(out=Path("run/backbone.safetensors"), minutes=60),
+                 progress=print, should_stop=lambda: False)
+
+The GUI runs ``fit`` in a worker with its own callback and stop flag; the CLI adds a progress
+bar and Ctrl-C handling.  Every checkpoint is a pair written atomically: the generator
+(``save_generator``) and a sidecar ``<out>.state.pt`` with the optimizer, step and settings.
+"""
+from __future__ import annotations
+
+import io
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from core.checkpoint.studio_format import load_generator, read_generator_config, save_generator
+from core.fileio import atomic_write_bytes
+from core.fitting.config import FitSettings, default_config
+from core.fitting.data import RayBatch, sample_batch
+from core.generator.triplane import TriPlaneGenerator
+
+MAX_BAD_STEPS_IN_A_ROW = 20
+HEAD_RADIUS = 0.45   # world units: core.procedural's HEAD_BOUND_RADIUS, the sphere holding every head
+
+
+class FitError(ValueError):
+    """The fit cannot start or resume; the message says why."""
+
+
+@dataclass
+class FitRequest:
+    out: Path
+    minutes: float | None = None      # stop after this much training time (this run)
+    steps: int | None = None          # stop at this total step count
+    resume: bool = False
+    device: str = "cpu"
+    settings: FitSettings = field(default_factory=FitSettings)
+    config: tuple[dict, int] | None = None   # (init kwargs, neural resolution); default_config()
+    init_seed: int = 0
+
+
+@dataclass
+class FitProgress:
+    step: int
+    total_steps: int | None
+    loss: float
+    losses: dict
+    elapsed_s: float                   # training time of this run
+    eta_s: float | None
+    checkpointed: bool = False
+
+
+@dataclass
+class FitResult:
+    step: int
+    loss: float
+    train_seconds: float              # over all runs, resumes included
+    stopped: bool                     # True when should_stop (or an interrupt) ended it
+    out: Path
+
+
+# ---------------------------------------------------------------------------- model and state
+def build_generator(config: tuple[dict, int] | None, seed: int) -> TriPlaneGenerator:
+    init_kwargs, resolution = config or default_config()
+    torch.manual_seed(seed)
+    generator = TriPlaneGenerator(**init_kwargs)
+    generator.neural_rendering_resolution = resolution
+    return generator
+
+
+def state_path(out: Path) -> Path:
+    return out.with_name(out.name + ".state.pt")
+
+
+def make_optimizer(generator, settings: FitSettings) -> torch.optim.Optimizer:
+    return torch.optim.Adam(generator.parameters(), lr=settings.learning_rate, betas=(0.9, 0.99), eps=1e-8)
+
+
+@dataclass
+class TrainingState:
+    generator: TriPlaneGenerator
+    optimizer: torch.optim.Optimizer
+    settings: FitSettings
+    step: int = 0
+    train_seconds: float = 0.0
+    last_loss: float = float("nan")
+    bad_steps_in_a_row: int = 0
+
+
+def start_or_resume(request: FitRequest) -> TrainingState:
+    out = Path(request.out)
+    if out.suffix != ".safetensors":
+        raise FitError(f"--out must name a .safetensors file, not {out}")
+    if not request.resume:
+        if out.exists():
+            raise FitError(f"{out} exists; pass --resume to continue it or choose another --out")
+        generator = build_generator(request.config, request.init_seed).to(request.device)
+        return TrainingState(generator, make_optimizer(generator, request.settings), request.settings)
+    return resume(out, request.device)
+
+
+def resume(out: Path, device) -> TrainingState:
+    sidecar = state_path(out)
+    if not out.exists() or not sidecar.exists():
+        raise FitError(f"cannot resume: {out} and {sidecar} must both exist")
+    generator = load_generator(out, device="cpu").to(device).requires_grad_(True)
+    saved = torch.load(sidecar, map_location=device, weights_only=True)
+    recorded_step = int(generator_metadata(out).get("steps", -1))
+    if int(saved["step"]) != recorded_step:
+        raise FitError(f"{out} (step {recorded_step}) and {sidecar} (step {saved['step']}) do not belong together")
+    settings = FitSettings.from_dict(saved["settings"])
+    optimizer = make_optimizer(generator, settings)
+    optimizer.load_state_dict(saved["optimizer"])
+    return TrainingState(generator, optimizer, settings, int(saved["step"]), float(saved["train_seconds"]),
+                         float(saved.get("loss", float("nan"))))
+
+
+def generator_metadata(path: Path) -> dict:
+    """The free-form metadata (training record) saved with a studio checkpoint."""
+    return read_generator_config(path).get("metadata", {})
+
+
+# ---------------------------------------------------------------------------- one step
+def predict_rays(generator: TriPlaneGenerator, z: torch.Tensor, origins, directions, stochastic: bool,
+                 update_w_avg: bool = False, max_rays_per_chunk: int | None = None) -> dict:
+    """Composited colour (on the grey background), alpha and depth of rays (N, M, 3)."""
+    c = generator.frontal_camera_label().to(z.device)[None].expand(z.shape[0], -1)
+    ws = generator.mapping(z, c, update_emas=update_w_avg)
+    identity = generator.synthesize(ws)
+    rendered = generator.renderer(identity.planes, generator.decoder, origins, directions,
+                                  generator.rendering_kwargs, deterministic=not stochastic,
+                                  return_samples=True, max_rays_per_chunk=max_rays_per_chunk)
+    alpha = rendered["weights_total"]
+    return {"rgb": composite_on_grey(rendered["features"][..., :3], alpha), "alpha": alpha,
+            "depth": safe_expected_depth(rendered["weights"], rendered["depths"], alpha)}
+
+
+def safe_expected_depth(weights, depths, alpha, floor: float = 1e-5) -> torch.Tensor:
+    """The renderer's expected depth sum(w t) / sum(w), but with the denominator kept above
+    `floor`: an empty ray's 0 / 0 would otherwise put NaN into every gradient (0 * inf)."""
+    midpoints = (depths[:, :, :-1] + depths[:, :, 1:]) / 2
+    return torch.sum(weights * midpoints, -2) / alpha.clamp_min(floor)
+
+
+def composite_on_grey(image_minus1_1: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """EG3D's renderer composites on black ((sum w c) * 2 - 1); the procedural renders sit on
+    mid grey, so the missing (1 - alpha) share of each pixel is grey."""
+    return (image_minus1_1 + 1) / 2 + 0.5 * (1 - alpha)
+
+
+def fit_losses(prediction: dict, batch: RayBatch, settings: FitSettings) -> dict:
+    foreground = batch.alpha > 0.5
+    rgb = torch.mean((prediction["rgb"] - batch.rgb) ** 2)
+    alpha = torch.mean((prediction["alpha"] - batch.alpha) ** 2)
+    depth_error = (prediction["depth"] - batch.depth).abs() / HEAD_RADIUS
+    depth = depth_error[foreground].mean() if foreground.any() else depth_error.sum() * 0
+    total = settings.rgb_weight * rgb + settings.alpha_weight * alpha + settings.depth_weight * depth
+    return {"total": total, "rgb": rgb, "alpha": alpha, "depth": depth}
+
+
+def train_step(state: TrainingState, batch: RayBatch) -> dict:
+    state.generator.train()
+    prediction = predict_rays(state.generator, batch.z, batch.origins, batch.directions,
+                              state.settings.stochastic, update_w_avg=True)
+    losses = fit_losses(prediction, batch, state.settings)
+    state.optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    values = {name: float(value.detach()) for name, value in losses.items()}
+    if math.isfinite(values["total"]) and gradients_are_finite(state.generator):
+        state.optimizer.step()
+        state.bad_steps_in_a_row = 0
+    else:   # one bad batch must not poison the weights of an unattended run
+        state.bad_steps_in_a_row += 1
+        if state.bad_steps_in_a_row >= MAX_BAD_STEPS_IN_A_ROW:
+            raise FitError(f"{MAX_BAD_STEPS_IN_A_ROW} steps in a row had non-finite losses or gradients")
+    state.step += 1
+    state.last_loss = values["total"]
+    return values
+
+
+def gradients_are_finite(generator) -> bool:
+    return all(torch.isfinite(p.grad).all() for p in generator.parameters() if p.grad is not None)
+
+
+def next_batch(state: TrainingState, device) -> RayBatch:
+    generator = state.generator
+    batch = sample_batch(state.settings.data_seed + state.step, state.settings, generator.z_dim,
+                         generator.neural_rendering_resolution)
+    return batch.to(device)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+@torch.no_grad()
+def set_w_avg_to_mean(generator: TriPlaneGenerator, samples: int, seed: int = 12345) -> None:
+    """w_avg = the mean w of `samples` prior z: exact, instead of the running average's lag."""
+    mapping = generator.backbone.mapping
+    if not hasattr(mapping, "w_avg"):
+        return
+    z = torch.from_numpy(np.random.RandomState(seed).randn(samples, generator.z_dim)).float()
+    z = z.to(mapping.w_avg.device)
+    c = generator.frontal_camera_label().to(z.device)[None].expand(samples, -1)
+    mapping.w_avg.copy_(generator.mapping(z, c)[:, 0].mean(0))
+
+
+def save_checkpoint(state: TrainingState, out: Path, extra_metadata: dict | None = None) -> None:
+    """Sidecar first, generator second: the generator's step tells a resume whether they match."""
+    set_w_avg_to_mean(state.generator, state.settings.z_samples_for_w_avg)
+    sidecar = {"step": state.step, "train_seconds": state.train_seconds, "loss": state.last_loss,
+               "optimizer": state.optimizer.state_dict(), "settings": state.settings.to_dict()}
+    buffer = io.BytesIO()
+    torch.save(sidecar, buffer)
+    atomic_write_bytes(state_path(out), buffer.getvalue())
+    metadata = {"steps": state.step, "train_minutes": round(state.train_seconds / 60, 2),
+                "loss": state.last_loss, "hardware": hardware_description(state.generator),
+                "trainer": "core.fitting", "supervision": "rgb, alpha, depth (no part labels)",
+                "settings": state.settings.to_dict(), **(extra_metadata or {})}
+    state.generator.eval()
+    save_generator(state.generator, out, metadata)
+
+
+def hardware_description(generator) -> str:
+    device = next(generator.parameters()).device
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+# ---------------------------------------------------------------------------- the loop
+def fit(request: FitRequest, progress: Callable[[FitProgress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None) -> FitResult:
+    """Train until `steps`, `minutes` or `should_stop()`; checkpoint periodically and at the end.
+
+    A KeyboardInterrupt is caught at a step boundary or inside one: the last finished step is
+    saved and the interrupt re-raised, so that a caller can exit with status 130.
+    """
+    if request.minutes is None and request.steps is None:
+        raise FitError("give --minutes or --steps (or both): the fit needs a place to stop")
+    state = start_or_resume(request)
+    device = torch.device(request.device)
+    out = Path(request.out)
+    run_start = time.monotonic()
+    last_checkpoint = run_start
+    stopped = False
+    try:
+        while not _finished(state, request, run_start):
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            step_start = time.monotonic()
+            losses = train_step(state, next_batch(state, device))
+            state.train_seconds += time.monotonic() - step_start
+            checkpointed = time.monotonic() - last_checkpoint >= state.settings.checkpoint_every_s
+            if checkpointed:
+                save_checkpoint(state, out)
+                last_checkpoint = time.monotonic()
+            if progress is not None:
+                progress(_progress(state, request, losses, run_start, checkpointed))
+    except KeyboardInterrupt:
+        save_checkpoint(state, out)
+        raise
+    save_checkpoint(state, out)
+    return FitResult(state.step, state.last_loss, state.train_seconds, stopped, out)
+
+
+def _finished(state: TrainingState, request: FitRequest, run_start: float) -> bool:
+    if request.steps is not None and state.step >= request.steps:
+        return True
+    return request.minutes is not None and time.monotonic() - run_start >= request.minutes * 60
+
+
+def _progress(state, request, losses, run_start, checkpointed) -> FitProgress:
+    elapsed = time.monotonic() - run_start
+    etas = []
+    if request.minutes is not None:
+        etas.append(max(request.minutes * 60 - elapsed, 0.0))
+    if request.steps is not None and state.step > 0:
+        seconds_per_step = state.train_seconds / state.step   # the average over every run
+        etas.append(max(request.steps - state.step, 0) * seconds_per_step)
+    return FitProgress(state.step, request.steps, losses["total"], losses, elapsed,
+                       min(etas) if etas else None, checkpointed)

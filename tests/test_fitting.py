@@ -1,0 +1,150 @@
+"""The fit trainer, its checkpoints, `evaluate fit` and the shipped default backbone."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from core.backbone import DEFAULT_BACKBONE_PATH, load_backbone
+from core.checkpoint.studio_format import load_generator, read_generator_config, save_generator
+from core.cli import main
+from core.fitting import evaluate as evaluation
+from core.fitting.config import FitSettings, tiny_fit_config
+from core.fitting.trainer import (FitError, FitRequest, TrainingState, build_generator, fit, make_optimizer,
+                                  next_batch, state_path, train_step)
+from core.procedural import ProceduralHead
+
+EVALUATION_KEYS = {"psnr", "silhouette_iou", "depth_error", "identities", "views"}
+
+
+def tiny_settings(**changes) -> FitSettings:
+    settings = FitSettings(identities_per_step=2, views_per_identity=2, rays_per_identity=128,
+                           stochastic=False, checkpoint_every_s=1e9, z_samples_for_w_avg=64)
+    for name, value in changes.items():
+        setattr(settings, name, value)
+    return settings
+
+
+def tiny_state(settings=None) -> TrainingState:
+    settings = settings or tiny_settings()
+    generator = build_generator(tiny_fit_config(), seed=0)
+    return TrainingState(generator, make_optimizer(generator, settings), settings)
+
+
+def tiny_request(out, **changes) -> FitRequest:
+    values = dict(out=out, steps=2, config=tiny_fit_config(), settings=tiny_settings())
+    values.update(changes)
+    return FitRequest(**values)
+
+
+# ---------------------------------------------------------------------------- training
+def test_a_few_steps_on_one_batch_lower_the_loss():
+    torch.manual_seed(0)
+    state = tiny_state()
+    batch = next_batch(state, "cpu")
+    losses = [train_step(state, batch)["total"] for _ in range(12)]
+    assert all(math.isfinite(loss) for loss in losses)
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_the_trainer_never_reads_part_labels(monkeypatch):
+    """Garbage in the label buffer of every procedural render leaves the losses bit-identical."""
+    def run():
+        torch.manual_seed(0)
+        state = tiny_state()
+        return [train_step(state, next_batch(state, "cpu")) for _ in range(2)]
+
+    clean = run()
+    original = ProceduralHead._trace_and_shade
+
+    def with_garbage_labels(self, origins, directions, background):
+        buffers = original(self, origins, directions, background)
+        buffers["labels"] = np.random.randint(0, 255, buffers["labels"].shape).astype(np.uint8)
+        return buffers
+
+    monkeypatch.setattr(ProceduralHead, "_trace_and_shade", with_garbage_labels)
+    assert run() == clean
+
+
+def test_progress_callback_and_stop_flag(tmp_path):
+    out = tmp_path / "g.safetensors"
+    seen = []
+    result = fit(tiny_request(out, steps=10), progress=seen.append, should_stop=lambda: len(seen) >= 2)
+    assert result.stopped and result.step == 2
+    assert [p.step for p in seen] == [1, 2]
+    assert seen[-1].eta_s is not None and math.isfinite(seen[-1].loss)
+    assert out.exists() and state_path(out).exists()
+
+
+def test_checkpoint_and_resume_continue_from_the_saved_step(tmp_path):
+    out = tmp_path / "g.safetensors"
+    fit(tiny_request(out, steps=2))
+    assert read_generator_config(out)["metadata"]["steps"] == 2
+    saved = load_generator(out).state_dict()
+
+    with pytest.raises(FitError, match="--resume"):
+        fit(tiny_request(out, steps=4))
+    seen = []
+    result = fit(tiny_request(out, steps=4, resume=True), progress=seen.append)
+    assert [p.step for p in seen] == [3, 4] and result.step == 4
+    resumed = load_generator(out).state_dict()
+    assert any(not torch.equal(saved[name], resumed[name]) for name in saved)
+    sidecar = torch.load(state_path(out), weights_only=True)
+    assert sidecar["step"] == 4
+    adam_steps = {float(entry["step"]) for entry in sidecar["optimizer"]["state"].values()}
+    assert adam_steps == {4.0}   # the optimizer's own counters continued too
+
+
+def test_an_interrupt_saves_the_last_finished_step(tmp_path):
+    out = tmp_path / "g.safetensors"
+
+    def interrupt_at_step_3(progress):
+        if progress.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_request(out, steps=10), progress=interrupt_at_step_3)
+    assert torch.load(state_path(out), weights_only=True)["step"] == 3
+    assert read_generator_config(out)["metadata"]["steps"] == 3
+
+
+def test_w_avg_is_the_mean_w_after_a_checkpoint(tmp_path):
+    out = tmp_path / "g.safetensors"
+    fit(tiny_request(out, steps=1))
+    generator = load_generator(out)
+    assert generator.backbone.mapping.w_avg.abs().sum() > 0
+    # Truncation psi = 0 then gives every z the same w.
+    c = generator.frontal_camera_label()[None].expand(3, -1)
+    ws = generator.mapping(torch.randn(3, generator.z_dim), c, truncation_psi=0.0)
+    assert torch.allclose(ws[0], ws[1])
+
+
+def test_fit_backbone_cli_rejects_bad_arguments(tmp_path, capsys):
+    assert main(["fit-backbone", "--out", str(tmp_path / "g.safetensors")]) == 2
+    assert "--minutes or --steps" in capsys.readouterr().err
+    assert main(["fit-backbone", "--out", str(tmp_path / "g.png"), "--steps", "1"]) == 2
+    assert ".safetensors" in capsys.readouterr().err
+    assert main(["fit-backbone", "--out", str(tmp_path / "g.safetensors"), "--steps", "1", "--resume"]) == 2
+
+
+# ---------------------------------------------------------------------------- evaluation
+def test_evaluate_fit_on_a_tiny_random_backbone(tmp_path, capsys):
+    generator = build_generator(tiny_fit_config(), seed=1)
+    figures = evaluation.evaluate_fit(generator, identities=2, views=2)
+    assert EVALUATION_KEYS <= set(figures)
+    assert figures["identities"] == [2_000_000, 2_000_001] and len(figures["views"]) == 2
+    assert 0 <= figures["silhouette_iou"] <= 1 and math.isfinite(figures["psnr"])
+
+    path = tmp_path / "tiny.safetensors"
+    save_generator(generator, path)
+    assert main(["evaluate", "fit", "--backbone", str(path), "--identities", "1", "--views", "1", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert EVALUATION_KEYS <= set(printed)
+    assert main(["evaluate", "fit", "--backbone", str(path), "--views", "9"]) == 2
+
+
+def test_perfect_prediction_scores_perfectly():
+    target = evaluation.procedural_view(2_000_000, 30.0, 5.0, 48, 40)
+    figures = evaluation.compare_view(target, target)
+    assert figures["iou"] == 1.0 and figures["depth_sum"] == 0.0 and figures["psnr"] > 100
