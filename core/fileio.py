@@ -5,6 +5,8 @@ crash, a full disk or Ctrl-C never leaves a half-written file under the final na
 """
 from __future__ import annotations
 
+import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -28,6 +30,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, data) -> None:
+    """Pretty-printed UTF-8 JSON (people read project files), written atomically."""
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
 def write_png(path: str | Path, image: np.ndarray) -> None:
     """Write an RGB (H, W, 3) or grey (H, W) uint8/uint16 array as PNG, atomically."""
     if image.ndim == 3:
@@ -45,3 +56,52 @@ def read_rgb(path: str | Path) -> np.ndarray:
     if image is None:
         raise ValueError(f"{path}: not a readable image file")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+# Indexed PNGs keep label maps lossless and small, and any image viewer shows them in the
+# label colours. OpenCV cannot write palettes, so these two use Pillow (a scikit-image dependency).
+def write_indexed_png(path: str | Path, indices: np.ndarray, palette: np.ndarray) -> None:
+    """Write an (H, W) uint8 index map with a (N<=256, 3) uint8 RGB palette, atomically."""
+    from PIL import Image
+
+    if indices.ndim != 2 or indices.dtype != np.uint8:
+        raise ValueError(f"{path}: an indexed PNG needs an (H, W) uint8 array, got {indices.dtype} {indices.shape}")
+    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    if len(palette) > 256:
+        raise ValueError(f"{path}: a PNG palette holds at most 256 colours, got {len(palette)}")
+    height, width = indices.shape
+    image = Image.frombytes("P", (width, height), np.ascontiguousarray(indices).tobytes())
+    image.putpalette(palette.reshape(-1).tolist())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_indexed_png(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(indices (H, W) uint8, palette (N, 3) uint8) of an indexed or greyscale PNG.
+
+    A greyscale ('L') PNG is read as indices with an empty palette. Raises ValueError naming the
+    file for anything else (truncated data, RGB images, 16-bit images), never returns a guess.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image_format, mode = image.format, image.mode
+            image.load()
+            indices = np.asarray(image).copy()
+            palette = _palette_of(image)
+    except Exception as error:  # Pillow reports damage as OSError, SyntaxError, zlib.error...
+        raise ValueError(f"{path}: unreadable PNG ({type(error).__name__}: {error})") from error
+    if image_format != "PNG":
+        raise ValueError(f"{path}: not a PNG file (found {image_format})")
+    if mode not in ("P", "L"):
+        raise ValueError(f"{path}: not an indexed PNG (mode {mode}); label maps are stored as palette images")
+    return indices.astype(np.uint8, copy=False), palette
+
+
+def _palette_of(image) -> np.ndarray:
+    if image.mode != "P" or image.palette is None:
+        return np.zeros((0, 3), np.uint8)
+    colours = np.frombuffer(bytes(image.getpalette("RGB") or []), dtype=np.uint8)
+    return colours.reshape(-1, 3)

@@ -1,0 +1,452 @@
+"""The project store (design.md section 4): one folder per project, everything a person made
+survives a crash.
+
+    project.json           format version, backbone reference, label set (+ version), settings
+    project.lock           present while a studio instance has the project open for writing
+    annotations/NNNN.png   indexed PNG: pixel values are label ids, palette = label colours
+    annotations/NNNN.json  identity, camera, backbone hash, label-set version, timestamps, size
+
+Every write goes through core.fileio's temp-file-and-rename, so a file on disk is always either
+the old or the new version. The GUI and the command line share this API; the semantic trainer
+reads masks only through `iter_training_annotations`, which validates every file and reports
+(never trains on) the bad ones.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import warnings
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from core.camera import Camera
+from core.fileio import atomic_write_json, read_indexed_png, write_indexed_png
+
+from .errors import (AnnotationError, AnnotationNotFoundError, BackboneMismatchError,
+                     CorruptAnnotationError, ForeignAnnotationError, LabelInUseError, MaskSizeError,
+                     ProjectExistsError, ProjectFormatError, ProjectNotFoundError,
+                     ProjectReadOnlyError, UnknownLabelError, UnsupportedVersionError)
+from .labels import LabelSet, default_label_set
+from .lock import ProjectLock
+from .records import (AnnotationMeta, Annotation, BackboneRef, IdentityRef, pixel_counts,
+                      utc_now)
+
+PROJECT_FILE = "project.json"
+PROJECT_FORMAT = "datasetnerf-studio-project"
+PROJECT_FORMAT_VERSION = 1
+ANNOTATIONS_DIR = "annotations"
+
+_ANNOTATION_STEM = re.compile(r"^\d{4,}$")
+
+
+class AnnotationProblemWarning(UserWarning):
+    """An annotation was skipped for training; the message names the file and why."""
+
+
+@dataclass(frozen=True)
+class AnnotationCounts:
+    """What the annotate workspace shows: how much has been painted, of what."""
+
+    annotations: int
+    per_identity: dict[IdentityRef, int]
+    pixels_per_class: dict[int, int]
+
+
+class Project:
+    """An open project folder. Use `Project.create` or `Project.open`, ideally in a `with`."""
+
+    def __init__(self, folder: Path, config: dict, lock: ProjectLock | None):
+        self.folder = folder
+        self._lock = lock
+        self._use_config(config)
+        self._write_mutex = threading.RLock()  # the GUI autosaves from a worker thread
+
+    # ============================================================ opening and closing
+    @classmethod
+    def create(cls, folder, backbone_ref: BackboneRef, label_set: LabelSet | None = None,
+               settings: dict | None = None) -> "Project":
+        """Make a new project in `folder` (created if needed) and open it for writing."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = _take_lock(folder)
+        try:
+            if (folder / PROJECT_FILE).exists():
+                raise ProjectExistsError(f"{folder / PROJECT_FILE} already exists; open the project instead")
+            config = _new_config(backbone_ref, label_set or default_label_set(), settings or {})
+            atomic_write_json(folder / PROJECT_FILE, config)
+            (folder / ANNOTATIONS_DIR).mkdir(exist_ok=True)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(folder, config, lock)
+
+    @classmethod
+    def open(cls, folder, writable: bool = False) -> "Project":
+        """Open an existing project; `writable` takes the lock (ProjectLockedError if held)."""
+        folder = Path(folder)
+        if not (folder / PROJECT_FILE).is_file():
+            raise ProjectNotFoundError(f"{folder} is not a studio project (no {PROJECT_FILE})")
+        lock = _take_lock(folder) if writable else None
+        try:
+            config = _read_config(folder / PROJECT_FILE)
+            if writable:
+                _remove_stale_temp_files(folder / ANNOTATIONS_DIR)
+        except BaseException:
+            if lock:
+                lock.release()
+            raise
+        return cls(folder, config, lock)
+
+    @staticmethod
+    def exists(folder) -> bool:
+        return (Path(folder) / PROJECT_FILE).is_file()
+
+    def close(self) -> None:
+        """Release the writer lock (also done at interpreter exit); the object becomes read-only."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "Project":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "writable" if self.writable else "read-only"
+        return f"Project({str(self.folder)!r}, {mode}, {len(self.annotation_ids())} annotations)"
+
+    # ============================================================ project.json
+    @property
+    def writable(self) -> bool:
+        return self._lock is not None and self._lock.held
+
+    @property
+    def backbone(self) -> BackboneRef:
+        return self._backbone
+
+    @property
+    def label_set(self) -> LabelSet:
+        return self._label_set
+
+    @property
+    def settings(self) -> dict:
+        return json.loads(json.dumps(self._config["settings"]))  # a copy the caller may change
+
+    def update_settings(self, **changes) -> None:
+        with self._write_mutex:
+            self._require_writable()
+            self._save_config(dict(self._config, settings={**self._config["settings"], **changes}))
+
+    def set_label_set(self, label_set: LabelSet) -> LabelSet:
+        """Store new classes under the next version; refuses to drop ids that masks still use.
+
+        Returns the stored set. Unchanged classes keep the current version.
+        """
+        with self._write_mutex:
+            self._require_writable()
+            current = self.label_set
+            if label_set.same_classes(current):
+                return current
+            self._refuse_dropping_used_ids(label_set)
+            stored = LabelSet(label_set.labels, current.version + 1)
+            self._save_config(dict(self._config, labels=stored.to_json()))
+            return stored
+
+    def load_backbone(self, device="cpu"):
+        """The core.backbone.Backbone this project was painted on, after checking its hash."""
+        from core.backbone import load_backbone
+
+        reference = self.backbone
+        spec = reference.path if reference.path == "default" else reference.file(self.folder)
+        backbone = load_backbone(spec, device=device)
+        if backbone.content_hash != reference.content_hash:
+            raise BackboneMismatchError(
+                f"{reference.file(self.folder)}: content hash {backbone.content_hash[:12]}… differs from "
+                f"{reference.content_hash[:12]}… recorded in {self.folder / PROJECT_FILE}; "
+                "the backbone file was replaced since the project was made"
+            )
+        return backbone
+
+    # ============================================================ annotations: listing
+    def annotation_paths(self, annotation_id: int) -> tuple[Path, Path]:
+        """(NNNN.png, NNNN.json) of an annotation id."""
+        stem = f"{int(annotation_id):04d}"
+        folder = self.folder / ANNOTATIONS_DIR
+        return folder / f"{stem}.png", folder / f"{stem}.json"
+
+    def annotation_ids(self) -> list[int]:
+        """Ids with a PNG or a JSON on disk (a half-saved one included), ascending."""
+        folder = self.folder / ANNOTATIONS_DIR
+        if not folder.is_dir():
+            return []
+        stems = {path.stem for path in folder.iterdir() if path.suffix in (".png", ".json")}
+        return sorted(int(stem) for stem in stems if _ANNOTATION_STEM.match(stem))
+
+    def annotations(self, problems: list | None = None) -> list[AnnotationMeta]:
+        """Metadata of every annotation whose JSON reads; unreadable ones go to `problems`."""
+        metas = []
+        for annotation_id in self.annotation_ids():
+            try:
+                metas.append(self._read_meta(annotation_id))
+            except AnnotationError as error:
+                _report(error, problems)
+        return metas
+
+    def counts(self) -> AnnotationCounts:
+        """Annotations per identity and pixels per class, from the metadata (no PNG decoding)."""
+        metas = self.annotations(problems=[])
+        per_identity = Counter(meta.identity for meta in metas)
+        pixels: Counter = Counter()
+        for meta in metas:
+            pixels.update(meta.pixel_counts)
+        return AnnotationCounts(len(metas), dict(per_identity), dict(sorted(pixels.items())))
+
+    # ============================================================ annotations: writing
+    def add_annotation(self, identity, camera: Camera, mask: np.ndarray) -> int:
+        """Store a new painted mask for an identity seen through `camera`; returns its id.
+
+        `identity` is an IdentityRef, or its JSON form ({'seed': s, 'truncation_psi': p} or
+        {'w_file': relative path}). `mask` is (H, W) label ids of this project's label set.
+        """
+        with self._write_mutex:
+            self._require_writable()
+            annotation_id = self._next_id()
+            png_path, json_path = self.annotation_paths(annotation_id)
+            if not isinstance(camera, Camera):
+                raise TypeError(f"camera must be a core.camera.Camera, got {type(camera).__name__}")
+            mask = self._checked_mask(mask, png_path)
+            now = utc_now()
+            meta = AnnotationMeta(
+                id=annotation_id,
+                identity=IdentityRef.from_json(identity),
+                camera=camera,
+                camera_label=tuple(camera.label().tolist()),
+                backbone_hash=self.backbone.content_hash,
+                label_set_version=self.label_set.version,
+                resolution=mask.shape,
+                created=now,
+                modified=now,
+                pixel_counts=pixel_counts(mask),
+            )
+            self._write_png(png_path, mask)
+            try:
+                atomic_write_json(json_path, meta.to_json())
+            except BaseException:
+                png_path.unlink(missing_ok=True)  # no half-made annotation left behind
+                raise
+            return annotation_id
+
+    def update_annotation(self, annotation_id: int, mask: np.ndarray) -> AnnotationMeta:
+        """Replace an annotation's mask (the per-stroke autosave): two small atomic writes."""
+        with self._write_mutex:
+            self._require_writable()
+            png_path, json_path = self.annotation_paths(annotation_id)
+            meta = self._read_meta(annotation_id)
+            self._check_backbone(meta, json_path)
+            mask = self._checked_mask(mask, png_path)
+            if mask.shape != meta.resolution:
+                raise MaskSizeError(png_path, f"new mask is {_size(mask.shape)}, the annotation is {_size(meta.resolution)}")
+            meta = replace(meta, modified=utc_now(), label_set_version=self.label_set.version, pixel_counts=pixel_counts(mask))
+            self._write_png(png_path, mask)
+            atomic_write_json(json_path, meta.to_json())
+            return meta
+
+    def delete_annotation(self, annotation_id: int) -> None:
+        with self._write_mutex:
+            self._require_writable()
+            png_path, json_path = self.annotation_paths(annotation_id)
+            if not png_path.exists() and not json_path.exists():
+                raise AnnotationNotFoundError(json_path, "no such annotation")
+            json_path.unlink(missing_ok=True)  # first, so a crash never leaves a mask-less entry
+            png_path.unlink(missing_ok=True)
+
+    # ============================================================ annotations: reading
+    def load_annotation(self, annotation_id: int) -> Annotation:
+        """Mask and metadata, fully validated; an AnnotationError subclass naming the file if not."""
+        png_path, json_path = self.annotation_paths(annotation_id)
+        meta = self._read_meta(annotation_id)
+        self._check_backbone(meta, json_path)
+        self._check_identity_file(meta, json_path)
+        mask = self._read_mask(png_path)
+        if mask.shape != meta.resolution:
+            raise MaskSizeError(png_path, f"mask is {_size(mask.shape)} but {json_path.name} records {_size(meta.resolution)}")
+        self._check_label_ids(mask, png_path)
+        return Annotation(mask, meta)
+
+    def iter_training_annotations(self, problems: list | None = None) -> Iterator[Annotation]:
+        """Every valid annotation; each invalid one is skipped and its error appended to
+        `problems` (or issued as an AnnotationProblemWarning when no list is given)."""
+        for annotation_id in self.annotation_ids():
+            try:
+                annotation = self.load_annotation(annotation_id)
+            except AnnotationError as error:
+                _report(error, problems)
+                continue
+            yield annotation
+
+    def check_annotations(self) -> list[AnnotationError]:
+        """Every problem iter_training_annotations would skip, for a 'check project' report."""
+        problems: list[AnnotationError] = []
+        for _ in self.iter_training_annotations(problems):
+            pass
+        return problems
+
+    # ============================================================ internals
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise ProjectReadOnlyError(f"{self.folder} is open read-only (or closed); open it with writable=True to change it")
+
+    def _save_config(self, config: dict) -> None:
+        atomic_write_json(self.folder / PROJECT_FILE, config)
+        self._use_config(config)
+
+    def _use_config(self, config: dict) -> None:
+        self._config = config
+        self._backbone = BackboneRef.from_json(config["backbone"])
+        self._label_set = LabelSet.from_json(config["labels"])
+
+    def _next_id(self) -> int:
+        ids = self.annotation_ids()  # orphan PNGs count: their id is never reused
+        return ids[-1] + 1 if ids else 0
+
+    def _read_meta(self, annotation_id: int) -> AnnotationMeta:
+        png_path, json_path = self.annotation_paths(annotation_id)
+        if not json_path.exists():
+            if png_path.exists():
+                raise CorruptAnnotationError(json_path, f"missing: {png_path.name} has no metadata (a save or delete was interrupted)")
+            raise AnnotationNotFoundError(json_path, "no such annotation")
+        try:
+            data = json.loads(json_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise CorruptAnnotationError(json_path, f"unreadable JSON ({error})") from error
+        meta = AnnotationMeta.from_json(data, json_path)
+        if meta.id != annotation_id:
+            raise CorruptAnnotationError(json_path, f"records id {meta.id}, but the file name says {annotation_id}")
+        return meta
+
+    def _read_mask(self, png_path: Path) -> np.ndarray:
+        if not png_path.exists():
+            raise CorruptAnnotationError(png_path, "missing: the metadata has no mask")
+        try:
+            indices, _palette = read_indexed_png(png_path)  # values are authoritative, colours cosmetic
+        except ValueError as error:
+            raise CorruptAnnotationError(png_path, str(error).removeprefix(f"{png_path}: ")) from error
+        return indices
+
+    def _write_png(self, png_path: Path, mask: np.ndarray) -> None:
+        palette = self.label_set.palette()
+        write_indexed_png(png_path, mask, palette)
+
+    def _checked_mask(self, mask, png_path: Path) -> np.ndarray:
+        mask = np.asarray(mask)
+        if mask.ndim != 2 or mask.size == 0 or not np.issubdtype(mask.dtype, np.integer):
+            raise ValueError(f"a mask is a non-empty (H, W) array of integer label ids, got {mask.dtype} {mask.shape}")
+        if mask.min() < 0 or mask.max() > 255:
+            raise UnknownLabelError(png_path, f"mask values {int(mask.min())}..{int(mask.max())} do not fit the 0-255 label ids")
+        mask = mask.astype(np.uint8, copy=False)
+        self._check_label_ids(mask, png_path)
+        return mask
+
+    def _check_label_ids(self, mask: np.ndarray, png_path: Path) -> None:
+        label_set = self.label_set
+        unknown = np.unique(mask[~label_set.id_lookup()[mask]])
+        if unknown.size:
+            raise UnknownLabelError(png_path, f"label ids {unknown.tolist()} are not in the project's label set (version {label_set.version}, ids {label_set.ids})")
+
+    def _check_backbone(self, meta: AnnotationMeta, json_path: Path) -> None:
+        expected = self.backbone.content_hash
+        if meta.backbone_hash != expected:
+            raise ForeignAnnotationError(
+                json_path,
+                f"painted on another backbone (hash {meta.backbone_hash[:12]}…); this project's backbone "
+                f"{self.backbone.path} has hash {expected[:12]}…",
+            )
+
+    def _check_identity_file(self, meta: AnnotationMeta, json_path: Path) -> None:
+        w_file = meta.identity.w_file
+        if w_file is not None and not (self.folder / w_file).is_file():
+            raise CorruptAnnotationError(json_path, f"identity file {w_file} is missing from the project")
+
+    def _refuse_dropping_used_ids(self, label_set: LabelSet) -> None:
+        users = Counter()
+        for meta in self.annotations(problems=[]):
+            for label_id, count in meta.pixel_counts.items():
+                if count and label_id not in label_set:
+                    users[label_id] += 1
+        if users:
+            used = ", ".join(f"{i} ({n} annotations)" for i, n in sorted(users.items()))
+            raise LabelInUseError(f"cannot remove label ids still painted in annotations: {used}; repaint or delete them first")
+
+
+# ================================================================ project.json helpers
+def _new_config(backbone_ref: BackboneRef, label_set: LabelSet, settings: dict) -> dict:
+    if not isinstance(backbone_ref, BackboneRef):
+        raise TypeError(f"backbone_ref must be a BackboneRef (see BackboneRef.for_file), got {type(backbone_ref).__name__}")
+    return {
+        "format": PROJECT_FORMAT,
+        "format_version": PROJECT_FORMAT_VERSION,
+        "created": utc_now(),
+        "backbone": backbone_ref.to_json(),
+        "labels": LabelSet(label_set.labels, label_set.version).to_json(),
+        "settings": json.loads(json.dumps(settings)),  # fails here, not at the next save
+    }
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ProjectFormatError(f"{path}: unreadable ({error})") from error
+    if not isinstance(config, dict) or config.get("format") != PROJECT_FORMAT:
+        raise ProjectFormatError(f"{path}: not a DatasetNeRF Studio project file")
+    version = config.get("format_version")
+    if version != PROJECT_FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            f"{path}: project format version {version!r}; this studio reads version {PROJECT_FORMAT_VERSION}"
+            + (" (made by a newer studio: update the studio)" if isinstance(version, int) and version > PROJECT_FORMAT_VERSION else "")
+        )
+    _check_config_fields(path, config)
+    return config
+
+
+def _check_config_fields(path: Path, config: dict) -> None:
+    try:
+        BackboneRef.from_json(config.get("backbone"))
+        LabelSet.from_json(config.get("labels"))
+    except (ValueError, TypeError) as error:
+        raise ProjectFormatError(f"{path}: {error}") from error
+    if not isinstance(config.get("settings", {}), dict):
+        raise ProjectFormatError(f"{path}: settings must be a JSON object")
+    config.setdefault("settings", {})
+
+
+def _take_lock(folder: Path) -> ProjectLock:
+    lock = ProjectLock(folder)
+    lock.acquire()
+    return lock
+
+
+def _remove_stale_temp_files(folder: Path) -> None:
+    """Temp files of writes killed mid-way (atomic_write_bytes names them .NAME.xxx.tmp)."""
+    if folder.is_dir():
+        for path in folder.glob(".*.tmp"):
+            path.unlink(missing_ok=True)
+
+
+def _report(error: AnnotationError, problems: list | None) -> None:
+    if problems is None:
+        warnings.warn(f"skipped: {error}", AnnotationProblemWarning, stacklevel=3)
+    else:
+        problems.append(error)
+
+
+def _size(shape) -> str:
+    height, width = shape
+    return f"{width}x{height}"
