@@ -94,8 +94,9 @@ def _render(args) -> None:
 
 # ---------------------------------------------------------------------------- entry
 from core.fitting.cli import evaluate_parser, fit_backbone_parser  # noqa: E402
+from core.project.simulate import add_parser as annotate_sim_parser  # noqa: E402
 
-COMMANDS = [_render_parser, fit_backbone_parser, evaluate_parser]
+COMMANDS = [_render_parser, fit_backbone_parser, evaluate_parser, annotate_sim_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

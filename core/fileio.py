@@ -69,9 +69,13 @@ def write_indexed_png(path: str | Path, indices: np.ndarray, palette: np.ndarray
     palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
     if len(palette) > 256:
         raise ValueError(f"{path}: a PNG palette holds at most 256 colours, got {len(palette)}")
+    # Pillow shrinks the bit depth to fit a short palette (4 bits for <= 16 colours), which would
+    # silently wrap larger index values; a full 256-entry palette keeps every value 8-bit exact.
+    full_palette = np.zeros((256, 3), np.uint8)
+    full_palette[: len(palette)] = palette
     height, width = indices.shape
     image = Image.frombytes("P", (width, height), np.ascontiguousarray(indices).tobytes())
-    image.putpalette(palette.reshape(-1).tolist())
+    image.putpalette(full_palette.reshape(-1).tolist())
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     atomic_write_bytes(path, buffer.getvalue())
