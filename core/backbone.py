@@ -6,7 +6,6 @@ that an orbit or a batch of factory views runs the synthesis network once per id
 """
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,8 @@ import numpy as np
 import torch
 
 from core.camera import DEFAULT_FOV_DEG, Camera
+from core.checkpoint.eg3d_pickle import load_eg3d_pickle
+from core.checkpoint.studio_format import file_sha256, load_generator
 from core.generator.configs import official_config
 from core.generator.triplane import Identity, TriPlaneGenerator, View
 
@@ -105,14 +106,6 @@ class Backbone:
 
 
 # ------------------------------------------------------------------ loading
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def random_backbone(config: str, seed: int = 0, device="cpu") -> Backbone:
     """An official-size configuration with random weights, for checking an install or timing it."""
     init_kwargs, neural_resolution = official_config(config)
@@ -133,12 +126,8 @@ def load_backbone(spec: str | Path, device="cpu") -> Backbone:
             )
         raise BackboneError(f"backbone file not found: {path}")
     if path.suffix == ".safetensors":
-        from core.checkpoint.studio_format import load_generator
-
         generator = load_generator(path, device="cpu")
     else:
-        from core.checkpoint.eg3d_pickle import load_eg3d_pickle
-
         generator = load_eg3d_pickle(path, device="cpu")
     name = "default" if str(spec) == "default" else path.name
-    return Backbone(generator, name, file_hash(path), device)
+    return Backbone(generator, name, file_sha256(path), device)
