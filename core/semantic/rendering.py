@@ -1,0 +1,235 @@
+"""Semantic volume rendering on top of the frozen backbone, and labels for any view.
+
+With the density prior (the paper's default) the semantic features are composited with the
+backbone's own interval weights, at the backbone's own (coarse + importance) sample depths, so
+the labels sit exactly where the RGB branch puts its surfaces. EG3D composites an interval with
+the mean of its two end samples, so a ray's result is
+
+    sum_i w_i (v_i + v_{i+1}) / 2  =  sum_j c_j v_j,   c_j = (w_{j-1} + w_j) / 2
+
+i.e. a per-sample coefficient c_j. Samples whose coefficient is negligible (empty space, rays
+that miss the head) are dropped before the semantic decoder runs: they could change a ray's
+features by at most `min_weight` per dropped sample, and skipping them makes both training
+and inference several times cheaper on a trained backbone, whose weight sits near the surface.
+
+Without the density prior (ablation) the branch predicts its own σ at the same sample depths
+and composites with weights from that σ, through EG3D's ray marcher.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from core.generator.rendering import MipRayMarcher2
+from core.generator.triplane import Identity, View
+from core.semantic.branch import SemanticBranch, SemanticIdentity
+
+# Samples whose compositing coefficient is below this are skipped (see the module docstring).
+MIN_SAMPLE_WEIGHT = 1e-4
+
+
+@dataclass
+class PriorSamples:
+    """A view's backbone samples, reduced to what compositing with the backbone's density needs.
+
+    Per batch item (a list, because each keeps a different number of samples): world points
+    (P, 3), the index of their ray in the view (P,), and their coefficient c_j (P, 1).
+    """
+
+    points: list[torch.Tensor]
+    rays: list[torch.Tensor]
+    coefficients: list[torch.Tensor]
+    opacity: torch.Tensor  # (N, M, 1): the composite of 1, i.e. the backbone's weight total
+
+    def kept_fraction(self, samples_per_ray: int) -> float:
+        kept = sum(len(rays) for rays in self.rays)
+        return kept / (self.opacity.shape[0] * self.opacity.shape[1] * samples_per_ray)
+
+
+@dataclass
+class DenseSamples:
+    """All of a view's sample depths along its rays, for a branch that predicts its own σ."""
+
+    origins: torch.Tensor  # (N, M, 3)
+    directions: torch.Tensor  # (N, M, 3)
+    depths: torch.Tensor  # (N, M, S, 1)
+
+
+@dataclass
+class ViewPrior:
+    """What the frozen backbone contributes to one semantic view; computed once, without grads."""
+
+    samples: PriorSamples | DenseSamples
+    rgb: torch.Tensor  # (N, 3, H, W): the backbone's final image, in [-1, 1]
+    resolution: int  # neural rendering resolution of the samples (h = w)
+
+
+@dataclass
+class SemanticOutput:
+    logits: torch.Tensor  # (N, K, H, W) at the output resolution
+    raw_logits: torch.Tensor  # (N, K, h, w) volume-rendered, at the neural resolution
+    feature_image: torch.Tensor  # (N, F, h, w) rendered semantic features
+    opacity: torch.Tensor  # (N, 1, h, w)
+
+
+@dataclass
+class LabelledView:
+    labels: torch.Tensor  # (N, H, W) int64
+    logits: torch.Tensor  # (N, K, H, W)
+    view: View  # the backbone's render of the same view (image, depth, samples)
+
+
+# ------------------------------------------------------------------ the backbone's side
+def sample_coefficients(weights: torch.Tensor) -> torch.Tensor:
+    """Per-sample coefficients (N, M, S, 1) from interval weights (N, M, S-1, 1)."""
+    padded = F.pad(weights, (0, 0, 1, 1))  # no interval before the first or after the last sample
+    return (padded[:, :, :-1] + padded[:, :, 1:]) / 2
+
+
+def _camera_batch(camera_label: torch.Tensor, n: int, device) -> torch.Tensor:
+    camera_label = torch.as_tensor(camera_label, dtype=torch.float32, device=device)
+    if camera_label.ndim == 1:
+        camera_label = camera_label[None]
+    if camera_label.shape[0] == 1 and n > 1:
+        camera_label = camera_label.expand(n, -1)
+    return camera_label
+
+
+def _rays(G, camera_label: torch.Tensor, resolution: int):
+    cam2world = camera_label[:, :16].view(-1, 4, 4)
+    intrinsics = camera_label[:, 16:25].view(-1, 3, 3)
+    return G.ray_sampler(cam2world, intrinsics, resolution)
+
+
+def prior_samples(view: View, origins, directions, min_weight: float = MIN_SAMPLE_WEIGHT) -> PriorSamples:
+    """Keep the samples of a backbone render (return_samples=True) that carry weight."""
+    depths, weights = view.samples["depths"], view.samples["weights"]
+    coefficients = sample_coefficients(weights)
+    points = origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)  # (N, M, S, 3)
+    n, m, s, _ = depths.shape
+    kept_points, kept_rays, kept_coefficients = [], [], []
+    for i in range(n):
+        flat_coefficients = coefficients[i].reshape(m * s)
+        keep = torch.nonzero(flat_coefficients > min_weight).squeeze(1) if min_weight > 0 else \
+            torch.arange(m * s, device=depths.device)
+        kept_points.append(points[i].reshape(m * s, 3)[keep])
+        kept_rays.append(torch.div(keep, s, rounding_mode="floor"))
+        kept_coefficients.append(flat_coefficients[keep].unsqueeze(1))
+    opacity = torch.stack([
+        _sum_per_ray(c, r, m) for c, r in zip(kept_coefficients, kept_rays)
+    ])
+    return PriorSamples(kept_points, kept_rays, kept_coefficients, opacity)
+
+
+def _sum_per_ray(values: torch.Tensor, rays: torch.Tensor, num_rays: int) -> torch.Tensor:
+    return values.new_zeros(num_rays, values.shape[1]).index_add(0, rays, values)
+
+
+@torch.no_grad()
+def view_prior(
+    G,
+    identity: Identity,
+    camera_label: torch.Tensor,
+    neural_resolution: int,
+    density_prior: bool = True,
+    min_weight: float = MIN_SAMPLE_WEIGHT,
+    view: View | None = None,
+) -> tuple[ViewPrior, View]:
+    """Render (or reuse) the backbone's view and keep what the semantic branch needs from it."""
+    camera_label = _camera_batch(camera_label, len(identity), identity.planes.device)
+    if view is None:
+        view = G.render(identity, camera_label, neural_resolution, deterministic=True, return_samples=True)
+    elif view.samples is None or view.depth.shape[-1] != neural_resolution:
+        raise ValueError(f"the given view must be rendered with return_samples=True at the neural resolution "
+                         f"{neural_resolution}")
+    origins, directions = _rays(G, camera_label, neural_resolution)
+    if density_prior:
+        samples = prior_samples(view, origins, directions, min_weight)
+    else:
+        samples = DenseSamples(origins, directions, view.samples["depths"])
+    return ViewPrior(samples, view.image, neural_resolution), view
+
+
+# ------------------------------------------------------------------ the semantic side
+def render_semantic(branch: SemanticBranch, planes: torch.Tensor, prior: ViewPrior, output_resolution: int,
+                    box_warp: float) -> SemanticOutput:
+    """Volume-render the semantic features of one view and super-resolve them to class logits."""
+    if isinstance(prior.samples, PriorSamples):
+        features, opacity = _composite_with_prior(branch, planes, prior.samples, box_warp)
+    else:
+        features, opacity = _composite_with_own_density(branch, planes, prior.samples, box_warp)
+    raw_logits = _raw_logits(branch, features, opacity)
+    feature_image, raw_logits, opacity = (_as_image(x, prior.resolution) for x in (features, raw_logits, opacity))
+    logits = branch.superresolution(feature_image, raw_logits, opacity, prior.rgb, output_resolution)
+    return SemanticOutput(logits, raw_logits, feature_image, opacity)
+
+
+def _composite_with_prior(branch, planes, samples: PriorSamples, box_warp):
+    """Features (N, M, F) composited with the backbone's weights, and the opacity (N, M, 1)."""
+    per_item = []
+    num_rays = samples.opacity.shape[1]
+    for i, (points, rays, coefficients) in enumerate(zip(samples.points, samples.rays, samples.coefficients)):
+        decoded = branch.decode_points(planes[i:i + 1], points[None], box_warp)
+        per_item.append(_sum_per_ray(decoded["features"][0] * coefficients, rays, num_rays))
+    return torch.stack(per_item), samples.opacity
+
+
+def _composite_with_own_density(branch, planes, samples: DenseSamples, box_warp):
+    n, m, s, _ = samples.depths.shape
+    points = samples.origins.unsqueeze(-2) + samples.depths * samples.directions.unsqueeze(-2)
+    decoded = branch.decode_points(planes, points.reshape(n, m * s, 3), box_warp)
+    features = decoded["features"].reshape(n, m, s, -1)
+    sigma = decoded["sigma"].reshape(n, m, s, 1)
+    # EG3D's activation (softplus with the -1 bias) on the interval means, as MipRayMarcher2 does.
+    interval_sigma = F.softplus((sigma[:, :, :-1] + sigma[:, :, 1:]) / 2 - 1)
+    weights = MipRayMarcher2.interval_weights(interval_sigma, samples.depths[:, :, 1:] - samples.depths[:, :, :-1])
+    return MipRayMarcher2.composite(features, weights), weights.sum(2)
+
+
+def _raw_logits(branch: SemanticBranch, features: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
+    """Composited per-point logits: classify(features) with the bias weighted by opacity.
+
+    The classifier is affine, so sum_j c_j (W v_j + b) = W (sum_j c_j v_j) + b * opacity; the
+    transparent remainder of each ray gets the branch's learnt logits for "nothing hit".
+    """
+    classifier = branch.decoder.classifier
+    return (F.linear(features, classifier.weight) + classifier.bias * opacity
+            + branch.empty_logits * (1 - opacity))
+
+
+def _as_image(rays_values: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(N, M, C) per-ray values → (N, C, h, w) images."""
+    n, _, c = rays_values.shape
+    return rays_values.permute(0, 2, 1).reshape(n, c, resolution, resolution)
+
+
+# ------------------------------------------------------------------ inference
+def neural_resolution_for(G, resolution: int) -> int:
+    """Render semantics at the backbone's neural resolution, or lower for small outputs."""
+    return min(int(G.neural_rendering_resolution), int(resolution))
+
+
+@torch.no_grad()
+def labels_for_view(
+    branch: SemanticBranch,
+    G,
+    identity: Identity | SemanticIdentity,
+    camera_label: torch.Tensor,
+    resolution: int | None = None,
+    view: View | None = None,
+    min_weight: float = MIN_SAMPLE_WEIGHT,
+) -> LabelledView:
+    """Part labels (N, H, W) of a view of identities; the semantic tri-plane is cached per identity.
+
+    Pass `view` (a render of the same camera at the neural resolution with return_samples=True)
+    to reuse a backbone render the caller already has, e.g. the RGB shown next to the labels.
+    """
+    semantic = branch.semantic_identity(identity)
+    resolution = int(resolution or G.img_resolution)
+    neural_resolution = neural_resolution_for(G, resolution)
+    prior, view = view_prior(G, semantic.identity, camera_label, neural_resolution, branch.density_prior,
+                             min_weight, view)
+    output = render_semantic(branch, semantic.planes, prior, resolution, G.rendering_kwargs["box_warp"])
+    return LabelledView(output.logits.argmax(1), output.logits, view)

@@ -1,0 +1,351 @@
+"""Training the semantic branch on painted masks, with the backbone frozen.
+
+The backbone never changes during training, so everything it contributes is computed once per
+annotation before the first step: the identity's block features and the view's samples with
+their compositing coefficients and RGB (`ViewPrior`). A step then only runs the branch: the
+semantic tri-plane of each identity in the batch, the decoder at the kept sample points,
+compositing, super-resolution and the pixel cross-entropy at the mask's resolution.
+
+The same function serves the GUI (progress callback, stop flag) and the command line.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.checkpoint.errors import CorruptCheckpointError
+from core.semantic.branch import SemanticBranch
+from core.semantic.checkpoint import (
+    check_backbone_hash,
+    checkpoint_name,
+    list_checkpoints,
+    load_branch_for_training,
+    save_branch,
+)
+from core.semantic.rendering import MIN_SAMPLE_WEIGHT, ViewPrior, neural_resolution_for, render_semantic, view_prior
+
+# Mask value of pixels nobody painted: they take no part in the loss.
+IGNORE_LABEL = 255
+
+
+@dataclass
+class AnnotatedView:
+    """One painted mask: whose identity, from which camera, and the label of every pixel."""
+
+    identity: int | torch.Tensor  # a seed, or ws (1, num_ws, w_dim)
+    camera_label: torch.Tensor  # (25,) EG3D camera label
+    mask: np.ndarray  # (H, H) label ids; IGNORE_LABEL where nothing was painted
+    truncation_psi: float = 1.0
+    source: str = ""  # where it came from (an annotation file), for error messages
+
+
+@dataclass
+class TrainingSettings:
+    learning_rate: float = 2e-3
+    views_per_step: int = 2
+    # Cross-entropy on the volume-rendered (pre-super-resolution) logits as well: it keeps the
+    # 3D part of the branch meaningful on its own (labels of 3D points, multi-view consistency)
+    # instead of leaving all the work to the 2D super-resolution.
+    raw_loss_weight: float = 0.5
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    seed: int = 0
+    min_sample_weight: float = MIN_SAMPLE_WEIGHT
+
+
+@dataclass
+class TrainingProgress:
+    phase: str  # 'preparing', 'training' or 'checkpoint'
+    step: int
+    total_steps: int
+    loss: float = math.nan  # running mean (exponential, ~20 steps) of the training loss
+    accuracy: float = math.nan  # running mean of the pixel accuracy on the training batch
+    elapsed_s: float = 0.0
+    message: str = ""
+    checkpoint: Path | None = None
+
+
+@dataclass
+class TrainingResult:
+    step: int
+    loss: float
+    accuracy: float
+    checkpoint: Path | None
+    stopped: bool
+    history: list = field(default_factory=list)  # (step, loss of that step)
+
+
+@dataclass
+class _PreparedView:
+    identity_key: tuple
+    prior: ViewPrior
+    mask: torch.Tensor  # (H, W) int64
+    source: str
+
+
+class _RunningMean:
+    """Exponential running mean that is exact over the first few values (no start-up bias)."""
+
+    def __init__(self, horizon: int = 20):
+        self.decay = 1 - 1 / horizon
+        self.total = self.weight = 0.0
+
+    def update(self, value: float) -> float:
+        self.total = self.decay * self.total + value
+        self.weight = self.decay * self.weight + 1
+        return self.value
+
+    @property
+    def value(self) -> float:
+        return self.total / self.weight if self.weight else math.nan
+
+
+# ---------------------------------------------------------------------------- the loop
+def train_semantic(
+    branch: SemanticBranch,
+    backbone,
+    samples: Iterable,
+    steps: int,
+    progress: Callable[[TrainingProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    checkpoint_dir=None,
+    resume: bool = False,
+    settings: TrainingSettings | None = None,
+) -> TrainingResult:
+    """Train `branch` on annotated views until `steps` optimiser steps in total have been taken.
+
+    `backbone` is a `core.backbone.Backbone` (frozen generator + content hash). `samples` are
+    `AnnotatedView`s or (identity, camera_label, mask) tuples. With `checkpoint_dir`, a
+    checkpoint is written every `settings.checkpoint_every` steps and at the end (also when
+    `should_stop()` turns true, which is checked between steps); `resume=True` continues from
+    the newest readable checkpoint there. A KeyboardInterrupt propagates and leaves the last
+    checkpoint as it was (every write is atomic).
+    """
+    settings = settings or TrainingSettings()
+    report = progress or (lambda _: None)
+    started = time.monotonic()
+    branch.to(backbone.device)
+    optimizer = torch.optim.Adam(branch.parameters(), lr=settings.learning_rate)
+    step, checkpoint = _start_step(branch, optimizer, backbone, checkpoint_dir, resume, report, steps)
+    loss_mean, accuracy_mean, history, stopped = _RunningMean(), _RunningMean(), [], False
+    if step >= steps:  # a resumed run that is already done
+        branch.eval()
+        return TrainingResult(step, loss_mean.value, accuracy_mean.value, checkpoint, stopped, history)
+    views, identity_features = prepare_views(branch, backbone, samples, settings, report, steps)
+
+    branch.train()
+    while step < steps:
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        loss, accuracy = training_step(branch, views, identity_features, optimizer, settings, step,
+                                       backbone.rendering_kwargs["box_warp"])
+        step += 1
+        history.append((step, loss))
+        loss_mean.update(loss)
+        accuracy_mean.update(accuracy)
+        report(TrainingProgress("training", step, steps, loss_mean.value, accuracy_mean.value,
+                                time.monotonic() - started))
+        if checkpoint_dir is not None and step % settings.checkpoint_every == 0 and step < steps:
+            checkpoint = _write_checkpoint(branch, optimizer, backbone, checkpoint_dir, step, loss_mean,
+                                           accuracy_mean, settings, report, started, steps)
+    branch.eval()
+    branch.clear_cache()
+    if checkpoint_dir is not None and (checkpoint is None or checkpoint.name != checkpoint_name(step)):
+        checkpoint = _write_checkpoint(branch, optimizer, backbone, checkpoint_dir, step, loss_mean,
+                                       accuracy_mean, settings, report, started, steps)
+    return TrainingResult(step, loss_mean.value, accuracy_mean.value, checkpoint, stopped, history)
+
+
+def training_step(branch, views, identity_features, optimizer, settings, step: int, box_warp: float):
+    """One Adam step on a batch of annotated views; returns (loss, pixel accuracy) of the batch."""
+    batch = _batch_for_step(views, settings, step)
+    optimizer.zero_grad(set_to_none=True)
+    planes = {key: branch.triplane(identity_features[key]) for key in {view.identity_key for view in batch}}
+    total_loss, correct, counted = 0.0, 0, 0
+    for view in batch:
+        output = render_semantic(branch, planes[view.identity_key], view.prior, view.mask.shape[-1], box_warp)
+        total_loss = total_loss + view_loss(output, view.mask, settings.raw_loss_weight)
+        painted = view.mask != IGNORE_LABEL
+        correct += int((output.logits[0].argmax(0) == view.mask)[painted].sum())
+        counted += int(painted.sum())
+    loss = total_loss / len(batch)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), correct / max(counted, 1)
+
+
+def view_loss(output, mask: torch.Tensor, raw_loss_weight: float) -> torch.Tensor:
+    """Pixel cross-entropy at the mask's resolution, on the final and (weighted) raw logits."""
+    target = mask[None]
+    loss = F.cross_entropy(output.logits, target, ignore_index=IGNORE_LABEL)
+    if raw_loss_weight > 0:
+        raw = F.interpolate(output.raw_logits, size=mask.shape, mode="bilinear", align_corners=False)
+        loss = loss + raw_loss_weight * F.cross_entropy(raw, target, ignore_index=IGNORE_LABEL)
+    return loss
+
+
+def _batch_for_step(views: list, settings: TrainingSettings, step: int) -> list:
+    # Seeded by the step, so a resumed run draws the same batches as an uninterrupted one.
+    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
+    order = torch.randperm(len(views), generator=generator)
+    return [views[i] for i in order[: settings.views_per_step].tolist()]
+
+
+# ---------------------------------------------------------------------------- preparation
+def as_annotated_view(item) -> AnnotatedView:
+    if isinstance(item, AnnotatedView):
+        return item
+    identity, camera_label, mask = item[:3]
+    return AnnotatedView(identity, camera_label, mask)
+
+
+@torch.no_grad()
+def prepare_views(branch, backbone, samples, settings: TrainingSettings, report=lambda _: None, total_steps=0):
+    """Run the frozen backbone once per identity and per view; returns (views, block features)."""
+    annotated = [as_annotated_view(item) for item in samples]
+    if not annotated:
+        raise ValueError("there are no annotations to train on")
+    masks = [validate_mask(item, branch.num_classes) for item in annotated]
+    views, identity_features = [], {}
+    for key, indices in _group_by_identity(annotated).items():
+        # One identity at a time: only its block features outlive this loop.
+        identity = _identity(backbone, annotated[indices[0]])
+        identity_features[key] = {res: x.float() for res, x in identity.block_features.items()}
+        for index in indices:
+            item, mask = annotated[index], masks[index]
+            if not bool((mask != IGNORE_LABEL).any()):
+                report(TrainingProgress("preparing", 0, total_steps,
+                                        message=f"skipped {_name(item, index)}: nothing painted"))
+                continue
+            neural_resolution = neural_resolution_for(backbone.generator, mask.shape[-1])
+            prior, _ = view_prior(backbone.generator, identity, _camera(item), neural_resolution,
+                                  branch.density_prior, settings.min_sample_weight)
+            views.append(_PreparedView(key, prior, mask.to(backbone.device), item.source))
+            report(TrainingProgress("preparing", 0, total_steps, message=f"prepared view {len(views)}/{len(annotated)}"))
+    if not views:
+        raise ValueError("none of the annotations has painted pixels")
+    return views, identity_features
+
+
+def _group_by_identity(annotated: list) -> dict:
+    groups: dict[tuple, list[int]] = {}
+    for index, item in enumerate(annotated):
+        groups.setdefault(identity_key(item), []).append(index)
+    return groups
+
+
+def validate_mask(item: AnnotatedView, num_classes: int) -> torch.Tensor:
+    """The mask as int64 (H, W); a ValueError naming the annotation for anything unusable."""
+    mask = np.asarray(item.mask)
+    name = _name(item)
+    if mask.ndim != 2 or mask.shape[0] != mask.shape[1]:
+        raise ValueError(f"{name}: the mask must be a square 2D array of label ids, got shape {mask.shape}")
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise ValueError(f"{name}: the mask must hold integer label ids, got {mask.dtype}")
+    unknown = np.setdiff1d(np.unique(mask), np.r_[np.arange(num_classes), IGNORE_LABEL])
+    if unknown.size:
+        raise ValueError(f"{name}: label ids {unknown.tolist()} are outside the label set 0..{num_classes - 1}")
+    return torch.from_numpy(mask.astype(np.int64))
+
+
+def identity_key(item: AnnotatedView) -> tuple:
+    if isinstance(item.identity, (int, np.integer)):
+        return ("seed", int(item.identity), float(item.truncation_psi))
+    ws = torch.as_tensor(item.identity).detach().to("cpu", torch.float32).contiguous()
+    return ("ws", hashlib.sha256(ws.numpy().tobytes()).hexdigest())
+
+
+def _identity(backbone, item: AnnotatedView):
+    if isinstance(item.identity, (int, np.integer)):
+        return backbone.identity_from_seed(int(item.identity), truncation_psi=item.truncation_psi)
+    ws = torch.as_tensor(item.identity, dtype=torch.float32)
+    return backbone.identity_from_ws(ws if ws.ndim == 3 else ws[None])
+
+
+def _camera(item: AnnotatedView) -> torch.Tensor:
+    label = torch.as_tensor(item.camera_label, dtype=torch.float32).reshape(-1)
+    if label.numel() != 25:
+        raise ValueError(f"{_name(item)}: a camera label has 25 values, got {label.numel()}")
+    return label
+
+
+def _name(item: AnnotatedView, index: int | None = None) -> str:
+    if item.source:
+        return str(item.source)
+    return "annotation" if index is None else f"annotation #{index}"
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _start_step(branch, optimizer, backbone, checkpoint_dir, resume, report, steps) -> tuple[int, Path | None]:
+    """(0, None) for a fresh run; for resume, the newest readable checkpoint's (step, path), loaded."""
+    existing = list_checkpoints(checkpoint_dir) if checkpoint_dir is not None else []
+    if not resume:
+        if existing:
+            raise FileExistsError(
+                f"{checkpoint_dir} already holds training checkpoints (newest: step {existing[-1][0]}); "
+                "resume from them or remove them with clear_checkpoints() first"
+            )
+        return 0, None
+    for step, path in reversed(existing):
+        try:
+            loaded, document, optimizer_state = load_branch_for_training(path, device=backbone.device)
+        except CorruptCheckpointError as error:
+            report(TrainingProgress("preparing", 0, steps, message=f"skipped unreadable checkpoint: {error}"))
+            continue
+        check_backbone_hash(document, backbone.content_hash)
+        _adopt(branch, optimizer, loaded, optimizer_state, path)
+        report(TrainingProgress("preparing", step, steps, message=f"resumed from {path.name}", checkpoint=path))
+        return step, path
+    report(TrainingProgress("preparing", 0, steps, message="no checkpoint to resume from; starting afresh"))
+    return 0, None
+
+
+def _adopt(branch, optimizer, loaded, optimizer_state, path) -> None:
+    if loaded.config != branch.config:
+        raise ValueError(f"{path}: the checkpoint's branch configuration {loaded.config} differs from "
+                         f"this branch's {branch.config}")
+    branch.load_state_dict(loaded.state_dict())
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+
+
+def _write_checkpoint(branch, optimizer, backbone, directory, step, loss_mean, accuracy_mean, settings, report,
+                      started, steps) -> Path:
+    directory = Path(directory)
+    path = directory / checkpoint_name(step)
+    metrics = {"train_loss": loss_mean.value, "train_pixel_accuracy": accuracy_mean.value,
+               "elapsed_s": time.monotonic() - started}
+    save_branch(branch, path, backbone.content_hash, step=step, loss=loss_mean.value,
+                metrics=_finite(metrics), settings=asdict(settings), optimizer=optimizer)
+    for _, old in list_checkpoints(directory)[: -max(1, settings.keep_checkpoints)]:
+        old.unlink(missing_ok=True)
+    report(TrainingProgress("checkpoint", step, steps, loss_mean.value, accuracy_mean.value,
+                            time.monotonic() - started, message=f"saved {path.name}", checkpoint=path))
+    return path
+
+
+def _finite(metrics: dict) -> dict:
+    # JSON has no NaN; a checkpoint written before the first step has no loss yet.
+    return {key: (value if math.isfinite(value) else None) for key, value in metrics.items()}
+
+
+def latest_checkpoint(directory) -> Path | None:
+    found = list_checkpoints(directory)
+    return found[-1][1] if found else None
+
+
+def clear_checkpoints(directory) -> int:
+    """Remove a directory's training checkpoints (for a fresh run); returns how many."""
+    found = list_checkpoints(directory)
+    for _, path in found:
+        path.unlink()
+    return len(found)

@@ -1,0 +1,271 @@
+"""The semantic branch: shapes, multi-scale tri-plane, density prior, training, checkpoints, caching."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from core.backbone import Backbone, seed_to_z
+from core.camera import Camera
+from core.checkpoint.errors import CheckpointError, CorruptCheckpointError, ForeignCheckpointError
+from core.checkpoint.studio_format import save_generator
+from core.generator.configs import tiny_config
+from core.generator.triplane import TriPlaneGenerator
+from core.semantic import SemanticBranch, labels_for_view, view_prior
+from core.semantic.checkpoint import BackboneMismatchError, list_checkpoints, load_branch, read_branch_metadata, save_branch
+from core.semantic.rendering import MipRayMarcher2, render_semantic, sample_coefficients
+from core.semantic.training import IGNORE_LABEL, AnnotatedView, TrainingSettings, train_semantic, validate_mask
+
+NUM_CLASSES = 4
+RESOLUTION = 16  # neural = output resolution for these tests
+
+
+def make_generator(seed=0):
+    torch.manual_seed(seed)
+    init_kwargs, _ = tiny_config(plane_resolution=32, neural_resolution=RESOLUTION)
+    G = TriPlaneGenerator(**init_kwargs).eval().requires_grad_(False)
+    G.neural_rendering_resolution = RESOLUTION
+    return G
+
+
+@pytest.fixture(scope="module")
+def G():
+    return make_generator()
+
+
+@pytest.fixture(scope="module")
+def backbone(G):
+    return Backbone(G, "tiny", "hash-of-tiny")
+
+
+def identity_of(G, seeds=(0,)):
+    z = torch.cat([seed_to_z(seed, G.z_dim) for seed in seeds])
+    return G.synthesize(G.mapping(z, G.frontal_camera_label()[None].expand(len(seeds), -1)))
+
+
+def new_branch(G, seed=1, **options):
+    torch.manual_seed(seed)
+    return SemanticBranch.for_generator(G, NUM_CLASSES, **options)
+
+
+def striped_mask(offset: int) -> np.ndarray:
+    """A learnable pattern: vertical bands of the classes, shifted per view."""
+    columns = (np.arange(RESOLUTION) + offset) // (RESOLUTION // NUM_CLASSES) % NUM_CLASSES
+    return np.tile(columns.astype(np.uint8), (RESOLUTION, 1))
+
+
+def annotations():
+    return [
+        AnnotatedView(0, Camera(yaw=-30).label(), striped_mask(0), source="a0"),
+        AnnotatedView(0, Camera(yaw=30).label(), striped_mask(2), source="a1"),
+        AnnotatedView(1, Camera(yaw=0).label(), striped_mask(1), source="a2"),
+    ]
+
+
+FAST = TrainingSettings(learning_rate=5e-3, views_per_step=2, checkpoint_every=2, keep_checkpoints=2)
+
+
+# ---------------------------------------------------------------------------- the networks
+def test_labels_and_logits_shapes(G):
+    branch = new_branch(G)
+    result = labels_for_view(branch, G, identity_of(G, (0, 1)), Camera(yaw=15).label(), RESOLUTION)
+    assert result.labels.shape == (2, RESOLUTION, RESOLUTION) and result.labels.dtype == torch.int64
+    assert result.logits.shape == (2, NUM_CLASSES, RESOLUTION, RESOLUTION)
+    assert result.view.depth.shape == (2, 1, RESOLUTION, RESOLUTION)
+
+
+def test_super_resolution_reaches_a_larger_output(G):
+    result = labels_for_view(new_branch(G), G, identity_of(G), Camera().label(), 2 * RESOLUTION)
+    assert result.logits.shape == (1, NUM_CLASSES, 2 * RESOLUTION, 2 * RESOLUTION)
+
+
+def test_semantic_triplane_uses_every_block_or_only_the_last(G):
+    identity = identity_of(G)
+    resolutions = sorted(identity.block_features)
+    multiscale, last_only = new_branch(G), new_branch(G, multiscale=False)
+    assert multiscale.triplane.resolutions == resolutions
+    assert last_only.triplane.resolutions == resolutions[-1:]
+    planes = multiscale.encode(identity).planes
+    assert planes.shape == (1, 3, 32, G.plane_resolution, G.plane_resolution)
+    # Every block's features reach the planes: perturbing any one block changes them.
+    for res in resolutions:
+        changed = {r: x + (1.0 if r == res else 0.0) * torch.randn_like(x) for r, x in identity.block_features.items()}
+        assert not torch.allclose(multiscale.triplane(changed), planes), f"block {res} is not used"
+        unchanged_in_ablation = torch.allclose(last_only.triplane(changed), last_only.triplane(identity.block_features))
+        assert unchanged_in_ablation == (res != resolutions[-1])
+
+
+def test_projection_before_upsampling_equals_the_papers_order(G):
+    identity = identity_of(G)
+    triplane = new_branch(G).triplane
+    with torch.no_grad():
+        ours = triplane(identity.block_features)
+        upsampled = []
+        for res in triplane.resolutions:
+            x = identity.block_features[res]
+            x = x / x.pow(2).mean().add(1e-8).sqrt()
+            upsampled.append(torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False))
+        weight = torch.cat([triplane.projections[f"b{res}"].weight for res in triplane.resolutions], dim=1)
+        papers = torch.nn.functional.conv2d(torch.cat(upsampled, 1), weight, triplane.bias)
+    assert torch.allclose(ours.reshape(papers.shape), papers, atol=1e-5)
+
+
+def test_density_prior_opacity_is_the_backbones_weight_total(G):
+    branch = new_branch(G)
+    identity = identity_of(G)
+    label = Camera(yaw=10, pitch=5).label()
+    prior, view = view_prior(G, identity, label, RESOLUTION, density_prior=True, min_weight=0.0)
+    output = render_semantic(branch, branch.encode(identity).planes, prior, RESOLUTION, G.rendering_kwargs["box_warp"])
+    weights_total = view.samples["weights"].sum(2).reshape(1, 1, RESOLUTION, RESOLUTION)
+    assert torch.allclose(output.opacity, weights_total, atol=1e-5)
+    # Skipping negligible samples changes the opacity by at most their total coefficient.
+    pruned, _ = view_prior(G, identity, label, RESOLUTION, density_prior=True, min_weight=1e-4, view=view)
+    samples_per_ray = view.samples["depths"].shape[2]
+    assert (pruned.samples.opacity.reshape(weights_total.shape) - weights_total).abs().max() <= 1e-4 * samples_per_ray
+
+
+def test_sample_coefficients_reproduce_eg3d_compositing():
+    torch.manual_seed(0)
+    values, weights = torch.randn(2, 5, 7, 3), torch.rand(2, 5, 6, 1)
+    expected = MipRayMarcher2.composite(values, weights)
+    assert torch.allclose((sample_coefficients(weights) * values).sum(2), expected, atol=1e-6)
+
+
+def test_without_density_prior_the_branch_renders_its_own_density(G):
+    branch = new_branch(G, density_prior=False)
+    identity = identity_of(G)
+    prior, view = view_prior(G, identity, Camera().label(), RESOLUTION, density_prior=False)
+    output = render_semantic(branch, branch.encode(identity).planes, prior, RESOLUTION, G.rendering_kwargs["box_warp"])
+    backbone_total = view.samples["weights"].sum(2).reshape(output.opacity.shape)
+    assert not torch.allclose(output.opacity, backbone_total, atol=1e-3)
+    output.logits.sum().backward()
+    assert branch.decoder.output.weight.grad is not None
+
+
+def test_cached_identity_gives_the_same_labels_as_an_uncached_call(G):
+    branch = new_branch(G).eval()
+    identity, label = identity_of(G), Camera(yaw=-20).label()
+    first = labels_for_view(branch, G, identity, label, RESOLUTION)
+    cached = branch.semantic_identity(identity)
+    assert branch.semantic_identity(identity) is cached  # computed once, then reused
+    again = labels_for_view(branch, G, identity, label, RESOLUTION)
+    fresh = labels_for_view(branch, G, branch.encode(identity), label, RESOLUTION)
+    assert torch.equal(first.labels, again.labels) and torch.equal(first.labels, fresh.labels)
+    assert torch.allclose(first.logits, fresh.logits)
+    # Changing the weights in place invalidates the cache.
+    with torch.no_grad():
+        branch.triplane.bias.add_(1.0)
+    assert branch.semantic_identity(identity) is not cached
+
+
+# ---------------------------------------------------------------------------- training
+def test_training_lowers_the_loss_and_leaves_the_backbone_untouched(backbone):
+    G = backbone.generator
+    before = {name: p.clone() for name, p in G.named_parameters()}
+    branch = new_branch(G)
+    full_batch = dataclasses.replace(FAST, views_per_step=3)  # the same loss every step: comparable
+    result = train_semantic(branch, backbone, annotations(), steps=12, settings=full_batch)
+    losses = [loss for _, loss in result.history]
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+    for name, p in G.named_parameters():
+        assert not p.requires_grad and p.grad is None and torch.equal(p, before[name]), name
+    assert all(p.grad is not None for p in branch.parameters())
+
+
+def test_checkpoints_round_trip_and_resume_continues_the_step_count(backbone, tmp_path):
+    G = backbone.generator
+    branch = new_branch(G)
+    first = train_semantic(branch, backbone, annotations(), steps=4, checkpoint_dir=tmp_path, settings=FAST)
+    assert first.step == 4 and first.checkpoint.name == "semantic-step0000004.safetensors"
+    metadata = read_branch_metadata(first.checkpoint)
+    assert metadata["step"] == 4 and metadata["backbone_hash"] == "hash-of-tiny"
+    assert metadata["branch_config"] == branch.config and "train_loss" in metadata["metrics"]
+
+    loaded, _ = load_branch(first.checkpoint, backbone_hash="hash-of-tiny")
+    identity, label = identity_of(G), Camera(yaw=5).label()
+    assert torch.equal(labels_for_view(loaded, G, identity, label).logits,
+                       labels_for_view(branch, G, identity, label).logits)
+
+    resumed_branch = new_branch(G, seed=7)  # different init: resume must overwrite it
+    resumed = train_semantic(resumed_branch, backbone, annotations(), steps=6, checkpoint_dir=tmp_path,
+                             resume=True, settings=FAST)
+    assert resumed.step == 6 and [step for step, _ in resumed.history] == [5, 6]
+    # An uninterrupted run of 6 steps ends at the same weights (same batches, restored Adam state).
+    straight = new_branch(G)
+    train_semantic(straight, backbone, annotations(), steps=6, settings=FAST)
+    for a, b in zip(straight.parameters(), resumed_branch.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [4, 6]  # keep_checkpoints=2
+
+
+def test_a_fresh_run_refuses_a_directory_with_checkpoints(backbone, tmp_path):
+    train_semantic(new_branch(backbone.generator), backbone, annotations(), steps=2, checkpoint_dir=tmp_path,
+                   settings=FAST)
+    with pytest.raises(FileExistsError, match="resume"):
+        train_semantic(new_branch(backbone.generator), backbone, annotations(), steps=2, checkpoint_dir=tmp_path)
+
+
+def test_stop_flag_is_honoured_between_steps_with_a_final_checkpoint(backbone, tmp_path):
+    steps_seen = []
+    result = train_semantic(new_branch(backbone.generator), backbone, annotations(), steps=50,
+                            progress=lambda p: steps_seen.append(p.step) if p.phase == "training" else None,
+                            should_stop=lambda: len(steps_seen) >= 3, checkpoint_dir=tmp_path, settings=FAST)
+    assert result.stopped and result.step == 3
+    assert read_branch_metadata(result.checkpoint)["step"] == 3
+
+
+def test_keyboard_interrupt_keeps_the_last_checkpoint(backbone, tmp_path):
+    def interrupt_at_step_5(progress):
+        if progress.phase == "training" and progress.step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_semantic(new_branch(backbone.generator), backbone, annotations(), steps=50,
+                       progress=interrupt_at_step_5, checkpoint_dir=tmp_path, settings=FAST)
+    (step, path), = list_checkpoints(tmp_path)[-1:]
+    assert step == 4
+    branch, _ = load_branch(path, backbone_hash="hash-of-tiny")
+    assert isinstance(branch, SemanticBranch)
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_backbone_hash_mismatch_is_a_clear_error(backbone, tmp_path):
+    path = tmp_path / "branch.safetensors"
+    save_branch(new_branch(backbone.generator), path, backbone_hash="hash-of-tiny")
+    with pytest.raises(BackboneMismatchError, match="trained on backbone") as error:
+        load_branch(path, backbone_hash="another-backbone")
+    assert str(path) in str(error.value)
+    # Resuming a run on another backbone fails the same way.
+    other = Backbone(backbone.generator, "other", "another-backbone")
+    train_semantic(new_branch(backbone.generator), backbone, annotations(), steps=2, checkpoint_dir=tmp_path / "run",
+                   settings=FAST)
+    with pytest.raises(BackboneMismatchError):
+        train_semantic(new_branch(backbone.generator), other, annotations(), steps=4, checkpoint_dir=tmp_path / "run",
+                       resume=True)
+
+
+def test_foreign_and_corrupt_files_are_clear_errors(backbone, tmp_path):
+    generator_file = tmp_path / "generator.safetensors"
+    save_generator(backbone.generator, generator_file)
+    with pytest.raises(ForeignCheckpointError, match="not a semantic branch"):
+        load_branch(generator_file)
+    path = tmp_path / "branch.safetensors"
+    save_branch(new_branch(backbone.generator), path, backbone_hash="hash-of-tiny")
+    data = bytearray(path.read_bytes())
+    data[-20:] = bytes(20)  # damage the tensor bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match="damaged"):
+        load_branch(path)
+    (tmp_path / "junk.safetensors").write_bytes(b"hello")
+    with pytest.raises(CheckpointError):
+        load_branch(tmp_path / "junk.safetensors")
+
+
+def test_bad_masks_name_the_annotation():
+    good = striped_mask(0)
+    with pytest.raises(ValueError, match=r"a7.*outside the label set"):
+        validate_mask(AnnotatedView(0, Camera().label(), np.full_like(good, 9), source="a7"), NUM_CLASSES)
+    with pytest.raises(ValueError, match=r"a8.*square"):
+        validate_mask(AnnotatedView(0, Camera().label(), good[:8], source="a8"), NUM_CLASSES)
+    unpainted = np.full_like(good, IGNORE_LABEL)
+    assert (validate_mask(AnnotatedView(0, Camera().label(), unpainted), NUM_CLASSES) == IGNORE_LABEL).all()
