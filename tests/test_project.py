@@ -257,9 +257,17 @@ def test_camera_label_edited_by_hand_is_caught(project):
 
 
 # ------------------------------------------------------------------ the lock
-def _child(code: str, folder: Path) -> subprocess.CompletedProcess:
-    script = f"import sys\nfrom core.project import Project, ProjectLockedError\nfolder = sys.argv[1]\n{code}"
-    return subprocess.run([sys.executable, "-c", script, str(folder)], cwd=REPO, capture_output=True, text=True, timeout=60)
+_CHILD_WRITER = """
+import sys
+from core.project import Project, ProjectLockedError
+try:
+    Project.open(sys.argv[1], writable=True)
+except ProjectLockedError as error:
+    print(error, flush=True)
+sys.stdin.readline()  # the parent closes its project now
+project = Project.open(sys.argv[1], writable=True)
+print(project.writable)  # and exits without closing: the lock must still go
+"""
 
 
 def test_second_writer_is_refused_with_the_holder_named(project):
@@ -274,12 +282,16 @@ def test_second_writer_is_refused_with_the_holder_named(project):
 
 
 def test_second_writer_in_another_process_is_refused_and_locks_go_at_exit(project):
-    child = _child("try:\n    Project.open(folder, writable=True)\nexcept ProjectLockedError as e:\n    print(e)", project.folder)
-    assert f"process {os.getpid()}" in child.stdout, child.stderr
-    project.close()
-    # the child keeps its project open until the interpreter exits; atexit releases the lock
-    child = _child("p = Project.open(folder, writable=True)\nprint(p.writable)", project.folder)
-    assert child.stdout.strip() == "True", child.stderr
+    child = subprocess.Popen([sys.executable, "-c", _CHILD_WRITER, str(project.folder)], cwd=REPO, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        refusal = child.stdout.readline()
+        project.close()
+        rest, errors = child.communicate("go\n", timeout=60)
+    finally:
+        child.kill()
+    assert f"process {os.getpid()}" in refusal, errors
+    assert rest.strip() == "True", errors
     assert not (project.folder / LOCK_NAME).exists()
 
 

@@ -95,7 +95,7 @@ class Project:
         try:
             config = _read_config(folder / PROJECT_FILE)
             if writable:
-                _remove_stale_temp_files(folder / ANNOTATIONS_DIR)
+                _remove_stale_temp_files(folder)
         except BaseException:
             if lock:
                 lock.release()
@@ -138,6 +138,10 @@ class Project:
     @property
     def settings(self) -> dict:
         return json.loads(json.dumps(self._config["settings"]))  # a copy the caller may change
+
+    def reload(self) -> None:
+        """Re-read project.json (a read-only view picks up a writer's label edits)."""
+        self._use_config(_read_config(self.folder / PROJECT_FILE))
 
     def update_settings(self, **changes) -> None:
         with self._write_mutex:
@@ -434,10 +438,12 @@ def _take_lock(folder: Path) -> ProjectLock:
 
 
 def _remove_stale_temp_files(folder: Path) -> None:
-    """Temp files of writes killed mid-way (atomic_write_bytes names them .NAME.xxx.tmp)."""
-    if folder.is_dir():
-        for path in folder.glob(".*.tmp"):
-            path.unlink(missing_ok=True)
+    """Temp files of writes killed mid-way (atomic_write_bytes names them .NAME.xxx.tmp).
+
+    Only the lock holder writes these two places, so every temp file there is dead.
+    """
+    for path in [*folder.glob(f".{PROJECT_FILE}.*.tmp"), *(folder / ANNOTATIONS_DIR).glob(".*.tmp")]:
+        path.unlink(missing_ok=True)
 
 
 def _report(error: AnnotationError, problems: list | None) -> None:
