@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -35,8 +36,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, data) -> None:
-    """Pretty-printed UTF-8 JSON (people read project files), written atomically."""
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """Pretty-printed UTF-8 JSON (people read project files), written atomically.
+
+    Lists of plain numbers (camera labels, colours) stay on one line, so a file reads as fields.
+    """
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    atomic_write_text(path, _NUMBER_LIST.sub(_one_line, text) + "\n")
+
+
+# A JSON array of plain numbers as json.dumps(indent=...) spreads it: one item per line. Matching
+# the line breaks keeps this away from string values, in which JSON escapes every newline.
+_NUMBER = r"-?[0-9][0-9eE.+-]*"
+_NUMBER_LIST = re.compile(rf"\[\n\s*({_NUMBER}(?:,\n\s*{_NUMBER})*)\n\s*\]")
+
+
+def _one_line(match: re.Match) -> str:
+    return "[" + re.sub(r",\n\s*", ", ", match.group(1)) + "]"
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:

@@ -13,13 +13,13 @@ from PIL import Image
 
 from core.camera import Camera
 from core.cli import main
-from core.fileio import write_indexed_png
+from core.fileio import atomic_write_json, read_indexed_png, write_indexed_png
 from core.project import (BackboneRef, CorruptAnnotationError, ForeignAnnotationError,
                           IdentityRef, LabelInUseError, LabelSet, LabelSetError, MaskSizeError,
-                          Project, ProjectExistsError, ProjectLockedError, ProjectReadOnlyError,
-                          StaleLockWarning, UnknownLabelError, UnsupportedVersionError,
-                          default_label_set)
-from core.project.lock import LOCK_NAME
+                          Project, ProjectExistsError, ProjectLockedError, ProjectNotFoundError,
+                          ProjectReadOnlyError, StaleLockWarning, UnknownLabelError,
+                          UnsupportedVersionError, default_label_set)
+from core.project.lock import LOCK_NAME, UNREADABLE_LOCK_GRACE_S
 
 REPO = Path(__file__).resolve().parent.parent
 HASH = "ab" * 32
@@ -71,6 +71,11 @@ def test_create_refuses_an_existing_project(project):
         Project.create(project.folder, BackboneRef("default", HASH))
 
 
+def test_a_folder_without_project_json_is_not_a_project(tmp_path):
+    with pytest.raises(ProjectNotFoundError, match="no project.json"):
+        Project.open(tmp_path)
+
+
 def test_unknown_project_version_is_a_clear_error(project):
     path = project.folder / "project.json"
     path.write_text(json.dumps(dict(json.loads(path.read_text()), format_version=7)))
@@ -86,6 +91,20 @@ def test_backbone_ref_for_file_hashes_and_stores_relative_paths(tmp_path, tiny_b
     inside.write_bytes(tiny_backbone_file.read_bytes())
     assert BackboneRef.for_file(inside, tmp_path / "proj") == BackboneRef("weights.safetensors", file_sha256(inside))
     assert BackboneRef.for_file(tiny_backbone_file, tmp_path / "proj").path == str(tiny_backbone_file.resolve())
+
+
+def test_json_files_keep_number_lists_on_one_line_and_strings_intact(tmp_path):
+    data = {"label": [1.0, -2.5e-05, 3], "nested": [[1, 2], ["a,\n  b", "[1,\n 2]"]], "empty": []}
+    atomic_write_json(tmp_path / "x.json", data)
+    text = (tmp_path / "x.json").read_text()
+    assert '"label": [1.0, -2.5e-05, 3]' in text
+    assert json.loads(text) == data
+
+
+def test_indexed_png_keeps_values_beyond_a_short_palette(tmp_path):
+    values = np.array([[0, 15, 16, 200]], np.uint8)  # Pillow would pack a 3-colour palette into 4 bits
+    write_indexed_png(tmp_path / "x.png", values, np.array([[0, 0, 0], [1, 1, 1], [2, 2, 2]], np.uint8))
+    assert np.array_equal(read_indexed_png(tmp_path / "x.png")[0], values)
 
 
 # ------------------------------------------------------------------ label sets
@@ -305,6 +324,18 @@ def test_stale_lock_of_a_dead_process_is_reclaimed_with_a_warning(project):
         reclaimed = Project.open(project.folder, writable=True)
     assert reclaimed.writable
     reclaimed.close()
+
+
+def test_unreadable_lock_is_reclaimed_only_once_it_is_old(project):
+    project.close()
+    lock_file = project.folder / LOCK_NAME
+    lock_file.write_text("")  # an instance that died between creating and writing its lock
+    with pytest.raises(ProjectLockedError, match="right now"):
+        Project.open(project.folder, writable=True)
+    old = lock_file.stat().st_mtime - UNREADABLE_LOCK_GRACE_S - 5
+    os.utime(lock_file, (old, old))
+    with pytest.warns(StaleLockWarning, match="unreadable"):
+        Project.open(project.folder, writable=True).close()
 
 
 def test_lock_of_another_host_is_never_reclaimed(project):
