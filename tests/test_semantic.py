@@ -110,18 +110,38 @@ def test_projection_before_upsampling_equals_the_papers_order(G):
     assert torch.allclose(ours.reshape(papers.shape), papers, atol=1e-5)
 
 
+@torch.no_grad()
 def test_density_prior_opacity_is_the_backbones_weight_total(G):
     branch = new_branch(G)
     identity = identity_of(G)
     label = Camera(yaw=10, pitch=5).label()
-    prior, view = view_prior(G, identity, label, RESOLUTION, density_prior=True, min_weight=0.0)
-    output = render_semantic(branch, branch.encode(identity).planes, prior, RESOLUTION, G.rendering_kwargs["box_warp"])
+    exact, view = view_prior(G, identity, label, RESOLUTION, density_prior=True, min_weight=0.0, samples_per_ray=None)
+    planes = branch.encode(identity).planes
+    output = render_semantic(branch, planes, exact, RESOLUTION, G.rendering_kwargs["box_warp"])
     weights_total = view.samples["weights"].sum(2).reshape(1, 1, RESOLUTION, RESOLUTION)
     assert torch.allclose(output.opacity, weights_total, atol=1e-5)
-    # Skipping negligible samples changes the opacity by at most their total coefficient.
-    pruned, _ = view_prior(G, identity, label, RESOLUTION, density_prior=True, min_weight=1e-4, view=view)
-    samples_per_ray = view.samples["depths"].shape[2]
-    assert (pruned.samples.opacity.reshape(weights_total.shape) - weights_total).abs().max() <= 1e-4 * samples_per_ray
+    # The quadrature (k samples per ray) keeps each ray's opacity; only rays whose total weight
+    # is below k * min_weight are dropped.
+    k = 4
+    quadrature, _ = view_prior(G, identity, label, RESOLUTION, density_prior=True, view=view, samples_per_ray=k)
+    approx = render_semantic(branch, planes, quadrature, RESOLUTION, G.rendering_kwargs["box_warp"])
+    assert (approx.opacity - weights_total).abs().max() <= k * 1e-4
+    assert quadrature.samples.points_per_ray() <= k
+    assert torch.allclose(approx.feature_image, output.feature_image, atol=0.1 * output.feature_image.abs().max().item())
+
+
+def test_weight_quadrature_keeps_totals_and_reproduces_a_sharp_surface():
+    from core.semantic.rendering import _weight_quadrature
+
+    torch.manual_seed(0)
+    diffuse = torch.rand(2, 3, 20)
+    sharp = torch.zeros(1, 1, 20)
+    sharp[0, 0, 7] = 0.9
+    for coefficients in (diffuse, sharp):
+        picked = _weight_quadrature(coefficients, 8)
+        assert torch.allclose(picked.sum(2), coefficients.sum(2))
+        assert ((picked > 0).sum(2) <= 8).all()
+    assert torch.allclose(_weight_quadrature(sharp, 8), sharp)
 
 
 def test_sample_coefficients_reproduce_eg3d_compositing():

@@ -30,7 +30,7 @@ from core.semantic.checkpoint import (
     load_branch_for_training,
     save_branch,
 )
-from core.semantic.rendering import MIN_SAMPLE_WEIGHT, ViewPrior, neural_resolution_for, render_semantic, view_prior
+from core.semantic.rendering import MIN_SAMPLE_WEIGHT, SAMPLES_PER_RAY, ViewPrior, neural_resolution_for, render_semantic, view_prior
 
 # Mask value of pixels nobody painted: they take no part in the loss.
 IGNORE_LABEL = 255
@@ -59,6 +59,7 @@ class TrainingSettings:
     keep_checkpoints: int = 3
     seed: int = 0
     min_sample_weight: float = MIN_SAMPLE_WEIGHT
+    samples_per_ray: int | None = SAMPLES_PER_RAY  # None: every sample with weight (slower, exact)
 
 
 @dataclass
@@ -228,7 +229,8 @@ def prepare_views(branch, backbone, samples, settings: TrainingSettings, report=
                 continue
             neural_resolution = neural_resolution_for(backbone.generator, mask.shape[-1])
             prior, _ = view_prior(backbone.generator, identity, _camera(item), neural_resolution,
-                                  branch.density_prior, settings.min_sample_weight)
+                                  branch.density_prior, settings.min_sample_weight,
+                                  samples_per_ray=settings.samples_per_ray)
             views.append(_PreparedView(key, prior, mask.to(backbone.device), item.source))
             report(TrainingProgress("preparing", 0, total_steps, message=f"prepared view {len(views)}/{len(annotated)}"))
     if not views:

@@ -1,0 +1,151 @@
+"""Speed of the semantic branch: labels for a new view of a cached identity, and a training step.
+
+    python benchmarks/bench_semantic.py                         # default-sized config, random weights, CPU
+    python benchmarks/bench_semantic.py --backbone default      # the embedded default (once it is fit)
+    python benchmarks/bench_semantic.py --config ffhq512 --device cuda --resolution 512
+
+Prints milliseconds (median of --repeats after one warm-up) for:
+  encode        the semantic tri-plane of one identity (once per identity, then cached)
+  backbone      the backbone's own render of the view with samples (the RGB view the app shows)
+  labels        the semantic part of a view, reusing that backbone render
+  labels+view   labels_for_view from scratch for a cached identity (backbone render included)
+  train step    one optimiser step on `--views-per-step` prepared annotations
+and the fraction of samples the density prior keeps. A random backbone has density everywhere,
+so nearly every sample is kept: its figures are the worst case. `--min-weight` raises the
+pruning threshold to imitate the sparser weights of a trained backbone. Not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.backbone import Backbone, load_backbone, pick_device  # noqa: E402
+from core.generator.configs import official_config  # noqa: E402
+from core.generator.triplane import TriPlaneGenerator  # noqa: E402
+from core.semantic import SemanticBranch, labels_for_view, view_prior  # noqa: E402
+from core.semantic.rendering import MIN_SAMPLE_WEIGHT, render_semantic  # noqa: E402
+from core.semantic.training import AnnotatedView, TrainingSettings, prepare_views, training_step  # noqa: E402
+
+
+def default_sized_generator() -> TriPlaneGenerator:
+    """The embedded default's configuration (plane 128, neural 128, no SR), random weights."""
+    try:
+        from core.fitting.config import default_config
+    except ImportError:  # the fitting module is not there yet: an equivalent configuration
+        from core.generator.configs import tiny_config
+
+        init_kwargs, _ = tiny_config(plane_resolution=128, neural_resolution=128)
+        init_kwargs.update(channel_base=4096, channel_max=128, w_dim=128)
+        init_kwargs["rendering_kwargs"].update(depth_resolution=24, depth_resolution_importance=24)
+        return _build(init_kwargs, 128)
+    init_kwargs, neural_resolution = default_config()
+    return _build(init_kwargs, neural_resolution)
+
+
+def _build(init_kwargs: dict, neural_resolution: int) -> TriPlaneGenerator:
+    torch.manual_seed(0)
+    generator = TriPlaneGenerator(**init_kwargs)
+    generator.neural_rendering_resolution = neural_resolution
+    return generator
+
+
+def make_backbone(args, device) -> Backbone:
+    if args.backbone:
+        return load_backbone(args.backbone, device)
+    if args.config == "default":
+        generator = default_sized_generator()
+    else:
+        generator = _build(*official_config(args.config))
+    return Backbone(generator, args.config, f"random:{args.config}", device)
+
+
+def timed_ms(fn, device, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def striped_mask(resolution: int, num_classes: int, offset: int) -> np.ndarray:
+    columns = (np.arange(resolution) * num_classes // resolution + offset) % num_classes
+    return np.tile(columns.astype(np.uint8), (resolution, 1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="default", help="'default' or an official config (ffhq512, ...)")
+    parser.add_argument("--backbone", help="a backbone file or 'default' instead of random weights")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--resolution", type=int, default=128, help="output (mask) resolution")
+    parser.add_argument("--classes", type=int, default=12)
+    parser.add_argument("--min-weight", type=float, default=MIN_SAMPLE_WEIGHT)
+    parser.add_argument("--views-per-step", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    backbone = make_backbone(args, device)
+    G = backbone.generator
+    branch = SemanticBranch.for_generator(G, args.classes).to(device).eval()
+    identity = backbone.identity_from_seed(0)
+    camera = backbone.camera(yaw=20).label().to(device)
+    box_warp = G.rendering_kwargs["box_warp"]
+    neural = min(G.neural_rendering_resolution, args.resolution)
+    print(f"backbone {backbone.name}, device {device}, threads {torch.get_num_threads()}, "
+          f"output {args.resolution}², neural {neural}², plane {G.plane_resolution}²")
+
+    encode_ms = timed_ms(lambda: branch.encode(identity), device, args.repeats)
+    with torch.no_grad():
+        view = G.render(identity, camera, neural, return_samples=True)
+    backbone_ms = timed_ms(lambda: G.render(identity, camera, neural, return_samples=True), device, args.repeats)
+    prior, _ = view_prior(G, identity, camera, neural, min_weight=args.min_weight, view=view)
+    kept = prior.samples.kept_fraction(view.samples["depths"].shape[2])
+    semantic = branch.semantic_identity(identity)
+
+    @torch.no_grad()
+    def semantic_only():
+        reused, _ = view_prior(G, identity, camera, neural, min_weight=args.min_weight, view=view)
+        return render_semantic(branch, semantic.planes, reused, args.resolution, box_warp).logits.argmax(1)
+
+    labels_ms = timed_ms(semantic_only, device, args.repeats)
+    full_ms = timed_ms(lambda: labels_for_view(branch, G, identity, camera, args.resolution, min_weight=args.min_weight),
+                       device, args.repeats)
+    print(f"encode (once per identity)   {encode_ms:8.1f} ms")
+    print(f"backbone render with samples {backbone_ms:8.1f} ms")
+    print(f"labels, reusing the render   {labels_ms:8.1f} ms   (samples kept: {100 * kept:.1f} %)")
+    print(f"labels_for_view from scratch {full_ms:8.1f} ms")
+
+    settings = TrainingSettings(views_per_step=args.views_per_step, min_sample_weight=args.min_weight)
+    annotated = [AnnotatedView(seed, backbone.camera(yaw=yaw).label(), striped_mask(args.resolution, args.classes, i))
+                 for i, (seed, yaw) in enumerate([(0, -30), (0, 30), (1, 0)])]
+    start = time.perf_counter()
+    views, features = prepare_views(branch, backbone, annotated, settings)
+    prepare_ms = 1000 * (time.perf_counter() - start) / len(annotated)
+    optimizer = torch.optim.Adam(branch.parameters(), lr=settings.learning_rate)
+    branch.train()
+    step_counter = iter(range(10 ** 6))
+    step_ms = timed_ms(lambda: training_step(branch, views, features, optimizer, settings, next(step_counter), box_warp),
+                       device, args.repeats)
+    print(f"prepare one annotation       {prepare_ms:8.1f} ms   (backbone, once per annotation)")
+    print(f"train step ({args.views_per_step} views)          {step_ms:8.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
