@@ -1,7 +1,11 @@
-"""DatasetNeRF Studio entry point: `python main.py --help`."""
+"""DatasetNeRF Studio entry point: `python main.py` opens the studio, `python main.py --help` the CLI."""
 import sys
 
-from core.cli import main
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    if len(sys.argv) > 1:
+        from core.cli import main
+
+        sys.exit(main(sys.argv[1:]))
+    from app.studio import run
+
+    sys.exit(run())

@@ -1,0 +1,492 @@
+"""The Annotate workspace: paint part labels over a rendered view of an identity.
+
+Data lives in core.annotation (MaskEditor: strokes, fill, undo; AnnotationAutosaver: one atomic
+write per committed step); this module only turns mouse and keys into those calls and draws the
+result. Each (identity, view) has its own editor, so undo history survives flipping between views.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import (QButtonGroup, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
+                               QHeaderView, QLabel, QPushButton, QSlider, QSpinBox,
+                               QStackedLayout, QTableWidget, QTableWidgetItem, QToolButton,
+                               QVBoxLayout, QWidget)
+
+from app.rendering import Frame, ViewRequest
+from app.widgets import LabelPalette, colour_icon, image_view_widget, label_lut, placeholder
+from app.workers import RenderClient
+from core.annotation import AnnotationAutosaver, MaskEditor, ViewKey
+from core.procedural import SEED_RANGES
+from core.project import IdentityRef, Project
+
+TOOLS = ("paint", "erase", "fill", "pick")
+TOOL_KEYS = {"paint": "B", "erase": "E", "fill": "F", "pick": "I"}
+VIEW_PRESETS = {"Frontal": (0.0, 0.0), "Left": (-30.0, 0.0), "Right": (30.0, 0.0)}
+DEFAULT_ANNOTATION_RESOLUTION = 128
+ANNOTATION_TRUNCATION = 1.0  # painted identities are the generator's own samples, untruncated
+MAX_BRUSH = 64
+EDITOR_CACHE = 32  # views whose undo history is kept while flipping between them
+
+
+class PaintViewBox(pg.ViewBox):
+    """Left button runs the tool; middle drag pans, right drag and the wheel zoom."""
+
+    stroke_started = Signal(float, float)
+    stroke_moved = Signal(float, float)
+    stroke_finished = Signal()
+    clicked = Signal(float, float)
+    hovered = Signal(float, float)
+
+    def mouseDragEvent(self, ev, axis=None):
+        if ev.button() != Qt.LeftButton:
+            super().mouseDragEvent(ev, axis)
+            return
+        ev.accept()
+        if ev.isStart():
+            start = self.mapSceneToView(ev.buttonDownScenePos(Qt.LeftButton))
+            self.stroke_started.emit(start.x(), start.y())
+        point = self.mapSceneToView(ev.scenePos())
+        self.stroke_moved.emit(point.x(), point.y())
+        if ev.isFinish():
+            self.stroke_finished.emit()
+
+    def mouseClickEvent(self, ev):
+        if ev.button() == Qt.LeftButton:
+            ev.accept()
+            point = self.mapSceneToView(ev.scenePos())
+            self.clicked.emit(point.x(), point.y())
+        else:
+            super().mouseClickEvent(ev)
+
+    def hoverEvent(self, ev):
+        if not ev.isExit():
+            point = self.mapSceneToView(ev.scenePos())
+            self.hovered.emit(point.x(), point.y())
+
+
+class AnnotateWorkspace(QWidget):
+    """Needs a session with a writable project; shows a plain note until there is one."""
+
+    error = Signal(str)
+    busy_changed = Signal(bool)
+    status_message = Signal(str)
+    _saved = Signal(object, int, object)  # from the autosave thread: key, annotation id, counts
+    _save_failed = Signal(object, object)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.backbone = None
+        self.project: Project | None = None
+        self.autosaver: AnnotationAutosaver | None = None
+        self.editor: MaskEditor | None = None
+        self.key: ViewKey | None = None
+        self.tool = "paint"
+        self.brush_size = 5
+        self.seed = SEED_RANGES["annotate"].start
+        self.yaw, self.pitch = 0.0, 0.0
+        self.resolution = DEFAULT_ANNOTATION_RESOLUTION
+        self._editors: OrderedDict[ViewKey, MaskEditor] = OrderedDict()
+        self._stored_counts: dict[int, dict[int, int]] = {}  # annotation id -> pixels per class
+        self._current_request: ViewRequest | None = None
+        self._dragging = False
+        self.renderer = RenderClient(self)
+        self.renderer.frame_ready.connect(self._show_frame)
+        self.renderer.error.connect(self.error)
+        self.renderer.busy_changed.connect(self.busy_changed)
+        self._saved.connect(self._on_saved)
+        self._save_failed.connect(self._on_save_failed)
+        self._build()
+        self._make_shortcuts()
+
+    # ================================================================== session
+    def set_session(self, backbone, project: Project | None) -> None:
+        """Show `project` painted over `backbone`; a read-only or missing project shows a note."""
+        self.clear_session()
+        self.backbone = backbone
+        self.renderer.set_backbone(backbone)
+        if project is None or not project.writable:
+            self._pages.setCurrentIndex(0)
+            return
+        self.project = project
+        self.resolution = int(project.settings.get("annotation_resolution", DEFAULT_ANNOTATION_RESOLUTION))
+        self.autosaver = AnnotationAutosaver(project, on_saved=self._saved.emit,
+                                             on_error=self._save_failed.emit)
+        self._stored_counts = {meta.id: meta.pixel_counts for meta in project.annotations(problems=[])}
+        self._apply_label_set()
+        self._pages.setCurrentIndex(1)
+        self.fit_view()
+        self._go_to_view()
+
+    def clear_session(self) -> None:
+        """Write what is pending and forget the project (the window closes it)."""
+        self.flush()
+        if self.autosaver is not None:
+            self.autosaver.close()
+        self.autosaver, self.project, self.editor, self.key = None, None, None, None
+        self._editors.clear()
+        self.renderer.set_backbone(None)
+        self._pages.setCurrentIndex(0)
+
+    def fit_view(self) -> None:
+        """Show the whole mask (after zooming in, or when the mask size changes)."""
+        self.view_box.setRange(QRectF(0, 0, self.resolution, self.resolution), padding=0.02)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Ctrl+S: everything committed is on disk when this returns True."""
+        if self.editor is not None and self.editor.stroke_active:
+            self.finish_stroke()
+        return self.autosaver.flush(timeout) if self.autosaver else True
+
+    def shutdown(self) -> None:
+        self.clear_session()
+        self.renderer.shutdown()
+
+    def refresh_label_set(self) -> None:
+        """After the label set was edited: new names and colours, same masks."""
+        if self.project is not None:
+            self._apply_label_set()
+
+    # ================================================================== identity and view
+    def set_identity(self, seed: int) -> None:
+        self.seed = int(seed)
+        self._go_to_view()
+
+    def next_identity(self) -> None:
+        self.set_identity(self.seed + 1)
+
+    def previous_identity(self) -> None:
+        self.set_identity(max(self.seed - 1, 0))
+
+    def set_view(self, yaw: float, pitch: float) -> None:
+        self.yaw, self.pitch = round(float(yaw), 1), round(float(pitch), 1)
+        self._go_to_view()
+
+    def _go_to_view(self) -> None:
+        if self.project is None:
+            return
+        if self.editor is not None and self.editor.stroke_active:
+            self.finish_stroke()
+        self.key = self._view_key()
+        self.editor = self._editor_for(self.key)
+        self._sync_controls()
+        self._image_item.clear()
+        self._refresh_overlay()
+        self._refresh_counts()
+        self._current_request = ViewRequest(self.seed, ANNOTATION_TRUNCATION, self.yaw, self.pitch)
+        self.renderer.request(self._current_request)
+
+    def _view_key(self) -> ViewKey:
+        identity = IdentityRef(seed=self.seed, truncation_psi=ANNOTATION_TRUNCATION)
+        # Camera construction is arithmetic only: no rendering happens on the GUI thread.
+        return ViewKey(identity, self.backbone.camera(self.yaw, self.pitch), (self.resolution, self.resolution))
+
+    def _editor_for(self, key: ViewKey) -> MaskEditor:
+        if key in self._editors:
+            self._editors.move_to_end(key)
+            return self._editors[key]
+        stored = self.autosaver.load_mask(key)
+        editor = MaskEditor(stored if stored is not None else np.zeros(key.resolution, np.uint8))
+        self._editors[key] = editor
+        if len(self._editors) > EDITOR_CACHE:
+            self._editors.popitem(last=False)
+        return editor
+
+    def _show_frame(self, frame: Frame) -> None:
+        if self._current_request is None or frame.request.scene != self._current_request.scene:
+            return  # a frame of a view we already left
+        self._image_item.setImage(frame.rgb, autoLevels=False, levels=(0, 255))
+        self._image_item.setRect(QRectF(0, 0, self.resolution, self.resolution))
+
+    # ================================================================== tools
+    def set_tool(self, tool: str) -> None:
+        if tool not in TOOLS:
+            raise ValueError(f"unknown tool {tool!r}; tools are {TOOLS}")
+        self.tool = tool
+        self._tool_buttons[tool].setChecked(True)
+        self.status_message.emit(f"Tool: {tool}")
+
+    def set_brush_size(self, size: int) -> None:
+        self.brush_size = int(np.clip(size, 1, MAX_BRUSH))
+        if self._brush_spin.value() != self.brush_size:
+            self._brush_spin.setValue(self.brush_size)
+
+    def set_label(self, label_id: int) -> None:
+        self._palette.select_label(label_id)
+
+    @property
+    def label(self) -> int:
+        current = self._palette.current_label()
+        return 1 if current is None else current
+
+    def select_label_by_position(self, position: int) -> None:
+        ids = self._palette.label_ids
+        if 0 <= position < len(ids):
+            self.set_label(ids[position])
+            if self.tool in ("erase", "pick"):
+                self.set_tool("paint")
+
+    def begin_stroke(self, x: float, y: float) -> None:
+        if self.editor is None or self.tool not in ("paint", "erase"):
+            return
+        label = 0 if self.tool == "erase" else self.label
+        self.editor.begin_stroke(label, self.brush_size / 2)
+        self.editor.stroke_to(x, y)
+        self._refresh_overlay()
+
+    def continue_stroke(self, x: float, y: float) -> None:
+        if self.editor is not None and self.editor.stroke_active:
+            self.editor.stroke_to(x, y)
+            self._refresh_overlay()
+
+    def finish_stroke(self) -> None:
+        if self.editor is not None and self.editor.stroke_active:
+            self._committed(self.editor.end_stroke())
+
+    def apply_stroke(self, points, label: int | None = None) -> None:
+        """A whole stroke through image points [(x, y), ...]: what a drag does, for scripts."""
+        if label is not None:
+            self.set_label(label)
+        (x, y), rest = points[0], points[1:]
+        self.begin_stroke(x, y)
+        for x, y in rest:
+            self.continue_stroke(x, y)
+        self.finish_stroke()
+
+    def click_at(self, x: float, y: float) -> None:
+        """A click: a dab for paint/erase, a flood for fill, a colour sample for pick."""
+        if self.editor is None:
+            return
+        if self.tool in ("paint", "erase"):
+            self.begin_stroke(x, y)
+            self.finish_stroke()
+        elif self.tool == "fill":
+            self._committed(self.editor.fill(x, y, self.label))
+        elif self.tool == "pick":
+            picked = self.editor.pick(x, y)
+            if picked is not None:
+                self.set_label(picked)
+                self.set_tool("paint")
+
+    def undo(self) -> None:
+        if self.editor is not None:
+            self._committed(self.editor.undo())
+
+    def redo(self) -> None:
+        if self.editor is not None:
+            self._committed(self.editor.redo())
+
+    def _committed(self, change) -> None:
+        """After every undoable step: redraw, and queue the mask for its atomic write."""
+        self._refresh_overlay()
+        if change is not None:
+            self.autosaver.submit(self.key, self.editor.mask)
+        self._refresh_counts()
+        self._undo_button.setEnabled(self.editor.can_undo)
+        self._redo_button.setEnabled(self.editor.can_redo)
+
+    # ================================================================== autosave events
+    def _on_saved(self, key: ViewKey, annotation_id: int, counts: dict) -> None:
+        self._stored_counts[annotation_id] = counts
+        self._refresh_counts()
+
+    def _on_save_failed(self, key: ViewKey, error: BaseException) -> None:
+        self.error.emit(f"Could not save the annotation: {error}")
+
+    # ================================================================== drawing
+    def _refresh_overlay(self) -> None:
+        if self.editor is None:
+            self._mask_item.clear()
+            return
+        self._mask_item.setImage(self.editor.mask, autoLevels=False, levels=(0, 255), lut=self._lut)
+        self._mask_item.setRect(QRectF(0, 0, self.resolution, self.resolution))
+        self._undo_button.setEnabled(self.editor.can_undo)
+        self._redo_button.setEnabled(self.editor.can_redo)
+
+    def _move_brush_outline(self, x: float, y: float) -> None:
+        radius = self.brush_size / 2
+        self._brush_outline.setRect(QRectF(x - radius, y - radius, 2 * radius, 2 * radius))
+        self._brush_outline.setVisible(self.tool in ("paint", "erase"))
+
+    def _refresh_counts(self) -> None:
+        if self.project is None or self.editor is None:
+            return
+        annotated = self.autosaver.annotation_ids()
+        this_identity = sum(1 for key in annotated if key.identity == self.key.identity)
+        self._counts_label.setText(
+            f"Seed {self.seed}: {this_identity} annotated view(s) · project: {len(annotated)} annotation(s)"
+            + (" · this view is annotated" if self.key in annotated else ""))
+        view_counts = self.editor.pixel_counts()
+        totals: dict[int, int] = {}
+        for counts in self._stored_counts.values():
+            for label_id, pixels in counts.items():
+                totals[label_id] = totals.get(label_id, 0) + pixels
+        for row, label in enumerate(self.project.label_set.labels):
+            self._counts_table.item(row, 1).setText(str(view_counts.get(label.id, 0)))
+            self._counts_table.item(row, 2).setText(str(totals.get(label.id, 0)))
+
+    def _apply_label_set(self) -> None:
+        label_set = self.project.label_set
+        current = self._palette.current_label()
+        self._palette.set_label_set(label_set)
+        self._palette.select_label(current if current in label_set else (label_set.ids[1] if len(label_set) > 1 else 0))
+        self._lut = label_lut(label_set)
+        self._counts_table.setRowCount(len(label_set))
+        for row, label in enumerate(label_set.labels):
+            name = QTableWidgetItem(colour_icon(label.colour), label.name)
+            self._counts_table.setItem(row, 0, name)
+            for column in (1, 2):
+                item = QTableWidgetItem("0")
+                item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                self._counts_table.setItem(row, column, item)
+        self._refresh_overlay()
+
+    def _sync_controls(self) -> None:
+        """Show the current seed and view in the spin boxes without re-triggering navigation."""
+        for spin, value in ((self._seed_spin, self.seed), (self._yaw_spin, self.yaw), (self._pitch_spin, self.pitch)):
+            spin.blockSignals(True)
+            spin.setValue(value)
+            spin.blockSignals(False)
+
+    # ================================================================== layout
+    def _build(self) -> None:
+        self._pages = QStackedLayout(self)
+        self._pages.addWidget(placeholder("Create or open a project (File menu) to annotate.\n\n"
+                                          "Annotations are saved into the project after every stroke."))
+        page = QWidget()
+        row = QHBoxLayout(page)
+        row.addWidget(self._build_canvas(), stretch=1)
+        row.addWidget(self._build_side_panel())
+        self._pages.addWidget(page)
+
+    def _build_canvas(self) -> QWidget:
+        self.view_box = PaintViewBox()
+        self.canvas = image_view_widget(self.view_box)
+        self.canvas.setFocusPolicy(Qt.StrongFocus)
+        self._image_item = pg.ImageItem()
+        self._mask_item = pg.ImageItem()
+        self._mask_item.setOpacity(0.5)
+        self._lut = np.zeros((256, 4), np.uint8)
+        self._brush_outline = pg.QtWidgets.QGraphicsEllipseItem()
+        self._brush_outline.setPen(pg.mkPen("w", width=1, cosmetic=True))
+        for item in (self._image_item, self._mask_item, self._brush_outline):
+            self.view_box.addItem(item)
+        self.view_box.setRange(QRectF(0, 0, self.resolution, self.resolution), padding=0.02)
+        self.view_box.stroke_started.connect(self.begin_stroke)
+        self.view_box.stroke_moved.connect(self.continue_stroke)
+        self.view_box.stroke_finished.connect(self.finish_stroke)
+        self.view_box.clicked.connect(self.click_at)
+        self.view_box.hovered.connect(self._move_brush_outline)
+        return self.canvas
+
+    def _build_side_panel(self) -> QWidget:
+        panel = QWidget()
+        panel.setFixedWidth(340)
+        column = QVBoxLayout(panel)
+        column.addWidget(self._build_tools_box())
+        column.addWidget(self._build_labels_box(), stretch=1)
+        column.addWidget(self._build_view_box())
+        column.addWidget(self._build_counts_box(), stretch=1)
+        return panel
+
+    def _build_tools_box(self) -> QGroupBox:
+        box = QGroupBox("Tools")
+        layout = QFormLayout(box)
+        buttons = QHBoxLayout()
+        group = QButtonGroup(self)
+        self._tool_buttons = {}
+        for tool in TOOLS:
+            button = QToolButton(text=f"{tool.capitalize()} ({TOOL_KEYS[tool]})", checkable=True)
+            button.clicked.connect(lambda _=False, t=tool: self.set_tool(t))
+            group.addButton(button)
+            buttons.addWidget(button)
+            self._tool_buttons[tool] = button
+        self._tool_buttons["paint"].setChecked(True)
+        layout.addRow(buttons)
+        self._brush_spin = QSpinBox(minimum=1, maximum=MAX_BRUSH, value=self.brush_size, suffix=" px")
+        self._brush_spin.setToolTip("Brush diameter in mask pixels ( [ and ] )")
+        self._brush_spin.valueChanged.connect(self.set_brush_size)
+        layout.addRow("Brush size", self._brush_spin)
+        self._opacity = QSlider(Qt.Horizontal, minimum=0, maximum=100, value=50)
+        self._opacity.valueChanged.connect(lambda value: self._mask_item.setOpacity(value / 100))
+        layout.addRow("Overlay opacity", self._opacity)
+        history = QHBoxLayout()
+        self._undo_button = QPushButton("Undo", enabled=False, clicked=self.undo)
+        self._redo_button = QPushButton("Redo", enabled=False, clicked=self.redo)
+        history.addWidget(self._undo_button)
+        history.addWidget(self._redo_button)
+        layout.addRow(history)
+        return box
+
+    def _build_labels_box(self) -> QGroupBox:
+        box = QGroupBox("Labels (0–9 select)")
+        layout = QVBoxLayout(box)
+        self._palette = LabelPalette()
+        layout.addWidget(self._palette)
+        return box
+
+    def _build_view_box(self) -> QGroupBox:
+        box = QGroupBox("Identity and view")
+        layout = QFormLayout(box)
+        seeds = QHBoxLayout()
+        self._seed_spin = QSpinBox(minimum=0, maximum=2**31 - 1, value=self.seed)
+        self._seed_spin.setToolTip("EG3D seed of the identity (annotation seeds start at 1,000,000)")
+        self._seed_spin.valueChanged.connect(self.set_identity)
+        seeds.addWidget(QPushButton("◀ Prev", clicked=self.previous_identity, toolTip="Previous identity (P, PageUp)"))
+        seeds.addWidget(self._seed_spin, stretch=1)
+        seeds.addWidget(QPushButton("Next ▶", clicked=self.next_identity, toolTip="Next identity (N, PageDown)"))
+        layout.addRow("Seed", seeds)
+        layout.addRow(QPushButton("Fit mask in view", clicked=self.fit_view, toolTip="Middle-drag pans, wheel zooms"))
+        presets = QHBoxLayout()
+        for name, (yaw, pitch) in VIEW_PRESETS.items():
+            button = QPushButton(name, toolTip=f"yaw {yaw:+.0f}°, pitch {pitch:+.0f}°")
+            button.clicked.connect(lambda _=False, y=yaw, p=pitch: self.set_view(y, p))
+            presets.addWidget(button)
+        layout.addRow("Preset", presets)
+        self._yaw_spin = QDoubleSpinBox(minimum=-90, maximum=90, decimals=1, singleStep=5, suffix="°")
+        self._pitch_spin = QDoubleSpinBox(minimum=-60, maximum=60, decimals=1, singleStep=5, suffix="°")
+        self._yaw_spin.valueChanged.connect(lambda yaw: self.set_view(yaw, self.pitch))
+        self._pitch_spin.valueChanged.connect(lambda pitch: self.set_view(self.yaw, pitch))
+        layout.addRow("Yaw", self._yaw_spin)
+        layout.addRow("Pitch", self._pitch_spin)
+        return box
+
+    def _build_counts_box(self) -> QGroupBox:
+        box = QGroupBox("Counts")
+        layout = QVBoxLayout(box)
+        self._counts_label = QLabel(wordWrap=True)
+        layout.addWidget(self._counts_label)
+        self._counts_table = QTableWidget(0, 3)
+        self._counts_table.setHorizontalHeaderLabels(["Label", "This view", "All views"])
+        self._counts_table.verticalHeader().setVisible(False)
+        header = self._counts_table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeToContents)
+        self._counts_table.verticalHeader().setDefaultSectionSize(20)
+        self._counts_table.setEditTriggers(QTableWidget.NoEditTriggers)
+        self._counts_table.setFocusPolicy(Qt.NoFocus)
+        layout.addWidget(self._counts_table)
+        return box
+
+    # ================================================================== shortcuts
+    def _make_shortcuts(self) -> None:
+        """Active while this workspace is the visible tab (Qt ignores hidden widgets' shortcuts)."""
+        bindings = [(TOOL_KEYS[tool], lambda t=tool: self.set_tool(t)) for tool in TOOLS]
+        bindings += [(str(digit), lambda d=digit: self.select_label_by_position(d)) for digit in range(10)]
+        bindings += [
+            ("[", lambda: self.set_brush_size(self.brush_size - 1)),
+            ("]", lambda: self.set_brush_size(self.brush_size + 1)),
+            ("Ctrl+Z", self.undo), ("Ctrl+Shift+Z", self.redo), ("Ctrl+Y", self.redo),
+            ("N", self.next_identity), ("PgDown", self.next_identity),
+            ("P", self.previous_identity), ("PgUp", self.previous_identity),
+        ]
+        self.shortcuts = {}
+        for keys, action in bindings:
+            shortcut = QShortcut(QKeySequence(keys), self)
+            shortcut.activated.connect(action)
+            self.shortcuts[keys] = shortcut

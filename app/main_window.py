@@ -1,0 +1,284 @@
+"""The studio's main window: projects, backbones, the workspace tabs and the status bar.
+
+The window owns the session (the open project and its backbone) and hands it to each workspace
+through `set_session(backbone, project)`; a workspace added later (Edit, training, the factory)
+plugs in the same way. Anything slow (loading a backbone) runs in app.workers; every failure ends
+in a message box that says what went wrong.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMenu, QMessageBox, QTabWidget,
+                               QWidget)
+
+from app.annotate import AnnotateWorkspace
+from app.dialogs import LabelSetDialog, NewProjectChoice, NewProjectDialog, choose_backbone_file
+from app.errors import show_error
+from app.orbit import OrbitWorkspace
+from app.widgets import placeholder
+from app.workers import run_in_background
+from core.backbone import load_backbone, pick_device
+from core.project import BackboneRef, Project
+
+RECENT_KEY = "recent_projects"
+MAX_RECENT = 8
+REPEATED_ERROR_QUIET_S = 5.0  # a render error repeating while dragging is shown once
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, settings: QSettings | None = None, device: str | None = None):
+        super().__init__()
+        self.settings = settings if settings is not None else QSettings("DatasetNeRF", "Studio")
+        self.device = pick_device(device)
+        self.backbone = None
+        self.project: Project | None = None
+        self._busy: dict[str, bool] = {}
+        self._tasks: set = set()
+        self._last_error = ("", 0.0)
+        self.setWindowTitle("DatasetNeRF Studio")
+        self.resize(1280, 820)
+        self._build_workspaces()
+        self._build_menus()
+        self._build_status_bar()
+
+    # ================================================================== public actions
+    def start(self) -> None:
+        """First thing after show(): the embedded backbone for the Orbit view, off the GUI thread."""
+        self.tabs.setCurrentWidget(self.orbit)
+        self.open_backbone("default")
+
+    def open_project(self, folder) -> None:
+        """Open a project for writing and load its backbone in the background."""
+        try:
+            project = Project.open(folder, writable=True)
+        except Exception as error:
+            show_error(self, "Cannot open project", error)
+            return
+        self._run_task("Loading backbone", lambda: project.load_backbone(self.device),
+                       lambda backbone: self.use_session(backbone, project),
+                       lambda error: self._project_failed(project, error))
+
+    def create_project(self, choice: NewProjectChoice) -> None:
+        def build():
+            backbone = load_backbone(choice.backbone, device=self.device)  # before anything is written
+            return backbone
+
+        def made(backbone):
+            try:
+                reference = BackboneRef.for_backbone(backbone, choice.backbone, choice.folder)
+                project = Project.create(choice.folder, reference, choice.label_set, choice.settings)
+            except Exception as error:
+                show_error(self, "Cannot create project", error)
+                return
+            self.use_session(backbone, project)
+
+        self._run_task("Loading backbone", build, made,
+                       lambda error: show_error(self, "Cannot create project", error))
+
+    def open_backbone(self, spec) -> None:
+        """Look at a backbone without a project (Orbit only); closes the open project."""
+        def failed(error):
+            self._offer_backbone_file(f"Could not load the backbone: {error}") if str(spec) == "default" \
+                else show_error(self, "Cannot open backbone", error)
+
+        self._run_task("Loading backbone", lambda: load_backbone(spec, device=self.device),
+                       lambda backbone: self.use_session(backbone, None), failed)
+
+    def close_project(self) -> None:
+        self.annotate.clear_session()
+        if self.project is not None:
+            self.project.close()
+            self.project = None
+        self._use_session_everywhere()
+        self._update_status()
+
+    def save(self) -> None:
+        if self.annotate.flush():
+            self.statusBar().showMessage("All annotations saved", 3000)
+        else:
+            show_error(self, "Save", "Saving is taking unusually long; the masks are still being written.")
+
+    def edit_labels(self) -> None:
+        if self.project is None:
+            return
+        dialog = LabelSetDialog(self.project.label_set, self)
+        if dialog.exec() != LabelSetDialog.Accepted:
+            return
+        try:
+            self.project.set_label_set(dialog.result_set)
+        except Exception as error:
+            show_error(self, "Labels not changed", error)
+            return
+        self.annotate.refresh_label_set()
+
+    def show_error(self, message: str) -> None:
+        """Workspace errors; the same message repeating within a few seconds is shown once."""
+        now = time.monotonic()
+        if message == self._last_error[0] and now - self._last_error[1] < REPEATED_ERROR_QUIET_S:
+            return
+        self._last_error = (message, now)
+        show_error(self, "DatasetNeRF Studio", message)
+
+    def recent_projects(self) -> list[str]:
+        value = self.settings.value(RECENT_KEY, [])
+        if isinstance(value, str):  # QSettings returns a lone string for a one-item list
+            value = [value]
+        return [str(v) for v in value or []]
+
+    # ================================================================== session
+    def use_session(self, backbone, project: Project | None) -> None:
+        """Show `backbone` (and `project`, if any) in every workspace; closes the previous project."""
+        if self.project is not None and self.project is not project:
+            self.annotate.clear_session()
+            self.project.close()
+        self.backbone, self.project = backbone, project
+        self._use_session_everywhere()
+        if project is not None:
+            self._remember(project.folder)
+            self.tabs.setCurrentWidget(self.annotate)
+        self._update_status()
+
+    def _use_session_everywhere(self) -> None:
+        for workspace in (self.annotate, self.orbit):
+            workspace.set_session(self.backbone, self.project)
+
+    def _project_failed(self, project: Project, error: BaseException) -> None:
+        project.close()
+        show_error(self, "Cannot open project", f"{project.folder}: could not load its backbone.\n\n{error}")
+
+    def _offer_backbone_file(self, message: str) -> None:
+        box = QMessageBox(QMessageBox.Warning, "No backbone", message, parent=self)
+        box.setInformativeText("You can open an EG3D network pickle or a studio .safetensors backbone instead.")
+        open_button = box.addButton("Open Backbone…", QMessageBox.AcceptRole)
+        box.addButton("Not now", QMessageBox.RejectRole)
+        box.exec()
+        if box.clickedButton() is open_button:
+            self._choose_backbone()
+
+    def _run_task(self, description: str, function, on_success, on_failure) -> None:
+        self._set_busy(description, True)
+
+        def succeeded(result):
+            self._set_busy(description, False)
+            on_success(result)
+
+        def failed(error):
+            self._set_busy(description, False)
+            on_failure(error)
+
+        thread = run_in_background(function, succeeded, failed, self)
+        self._tasks.add(thread)
+        thread.finished.connect(lambda: self._tasks.discard(thread))
+
+    def _remember(self, folder: Path) -> None:
+        folder = str(Path(folder).resolve())
+        recent = [folder] + [f for f in self.recent_projects() if f != folder]
+        self.settings.setValue(RECENT_KEY, recent[:MAX_RECENT])
+
+    # ================================================================== menu handlers
+    def _new_project(self) -> None:
+        dialog = NewProjectDialog(self)
+        if dialog.exec() == NewProjectDialog.Accepted:
+            self.create_project(dialog.choice)
+
+    def _choose_project(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open project")
+        if folder:
+            self.open_project(folder)
+
+    def _choose_backbone(self) -> None:
+        path = choose_backbone_file(self)
+        if path:
+            self.open_backbone(path)
+
+    def _fill_recent_menu(self) -> None:
+        self._recent_menu.clear()
+        recent = self.recent_projects()
+        for folder in recent:
+            self._recent_menu.addAction(folder, lambda f=folder: self.open_project(f))
+        if not recent:
+            self._recent_menu.addAction("(none yet)").setEnabled(False)
+
+    # ================================================================== layout
+    def _build_workspaces(self) -> None:
+        self.annotate = AnnotateWorkspace()
+        self.orbit = OrbitWorkspace()
+        self.edit = placeholder("The Edit workspace (paint a change into the label map and optimise the "
+                                "identity to match) arrives with the editing issue. It is not available yet.")
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.annotate, "Annotate")
+        self.tabs.addTab(self.orbit, "Orbit")
+        self.tabs.addTab(self.edit, "Edit")
+        self.setCentralWidget(self.tabs)
+        for name, workspace in (("annotate", self.annotate), ("orbit", self.orbit)):
+            workspace.error.connect(self.show_error)
+            workspace.status_message.connect(lambda text: self.statusBar().showMessage(text, 2000))
+            workspace.busy_changed.connect(lambda busy, n=name: self._set_busy(f"Rendering ({n})", busy))
+
+    def _build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        self._add_action(file_menu, "&New Project…", self._new_project, QKeySequence.New)
+        self._add_action(file_menu, "&Open Project…", self._choose_project, QKeySequence.Open)
+        self._recent_menu = QMenu("Open &Recent", self)
+        self._recent_menu.aboutToShow.connect(self._fill_recent_menu)
+        file_menu.addMenu(self._recent_menu)
+        self._add_action(file_menu, "Open &Backbone…", self._choose_backbone)
+        file_menu.addSeparator()
+        self._add_action(file_menu, "&Save", self.save, QKeySequence.Save)
+        self._add_action(file_menu, "&Close Project", self.close_project)
+        file_menu.addSeparator()
+        self._add_action(file_menu, "&Quit", self.close, QKeySequence.Quit)
+        project_menu = self.menuBar().addMenu("&Project")
+        self._add_action(project_menu, "Edit &Labels…", self.edit_labels)
+
+    def _add_action(self, menu: QMenu, text: str, handler, shortcut=None) -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        action.triggered.connect(handler)
+        menu.addAction(action)
+        return action
+
+    def _build_status_bar(self) -> None:
+        bar = self.statusBar()
+        self._device_label = QLabel()
+        self._backbone_label = QLabel()
+        self._project_label = QLabel()
+        self._busy_label = QLabel()
+        for label in (self._project_label, self._backbone_label, self._device_label, self._busy_label):
+            label.setContentsMargins(8, 0, 8, 0)
+            bar.addPermanentWidget(label)
+        self._update_status()
+
+    def _set_busy(self, source: str, busy: bool) -> None:
+        self._busy[source] = busy
+        self._update_status()
+
+    def _update_status(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            self._device_label.setText(f"CUDA · {torch.cuda.get_device_name(self.device)}")
+        else:
+            self._device_label.setText("CPU")
+        self._backbone_label.setText(f"Backbone: {self.backbone.name}" if self.backbone else "No backbone")
+        self._project_label.setText(f"Project: {self.project.folder.name}" if self.project else "No project")
+        busy = [source for source, on in self._busy.items() if on]
+        self._busy_label.setText(f"● {busy[0]}…" if busy else "Ready")
+        self._busy_label.setStyleSheet("color: #e8a33d;" if busy else "color: #5a5;")
+        title = "DatasetNeRF Studio" + (f" — {self.project.folder}" if self.project else "")
+        self.setWindowTitle(title)
+
+    def closeEvent(self, event) -> None:
+        self.annotate.shutdown()  # writes pending masks first
+        self.orbit.shutdown()
+        if self.project is not None:
+            self.project.close()
+            self.project = None
+        for thread in list(self._tasks):
+            thread.wait()  # a backbone still loading must finish before its QThread is destroyed
+        super().closeEvent(event)

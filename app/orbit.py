@@ -1,0 +1,200 @@
+"""The Orbit workspace: look around an identity; drag to orbit, wheel to zoom.
+
+Dragging asks the render worker for coarse frames; the refined frame follows when the mouse
+rests (see app.workers). The labels and blend modes, and the point-cloud view, need the semantic
+branch and arrive with it; they are shown disabled and say so.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtWidgets import (QButtonGroup, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
+                               QPushButton, QRadioButton, QSlider, QSpinBox, QStackedLayout,
+                               QVBoxLayout, QWidget)
+
+from app.rendering import Frame, ViewRequest
+from app.widgets import image_view_widget, placeholder
+from app.workers import RenderClient
+from core.camera import DEFAULT_FOV_DEG
+
+DEGREES_PER_PIXEL = 0.4
+YAW_LIMIT, PITCH_LIMIT = 90.0, 60.0
+FOV_LIMITS = (6.0, 40.0)  # zoom changes the field of view: moving the camera would leave the ray range
+ZOOM_STEP = 0.9  # field-of-view factor per wheel notch
+MODES = ("RGB", "Depth", "Labels", "Blend")
+NEEDS_SEMANTIC_BRANCH = "Needs a trained semantic branch; arrives with the semantic-branch issue."
+
+
+class OrbitViewBox(pg.ViewBox):
+    """Left drag orbits, the wheel zooms; the picture itself never pans."""
+
+    orbit_dragged = Signal(float, float, bool)  # dx, dy in screen pixels, drag finished
+    zoomed = Signal(float)  # wheel notches, positive = towards the subject
+
+    def mouseDragEvent(self, ev, axis=None):
+        if ev.button() != Qt.LeftButton:
+            ev.ignore()
+            return
+        ev.accept()
+        delta = ev.screenPos() - ev.lastScreenPos()
+        self.orbit_dragged.emit(delta.x(), delta.y(), ev.isFinish())
+
+    def wheelEvent(self, ev, axis=None):
+        ev.accept()
+        self.zoomed.emit(ev.delta() / 120.0)
+
+
+class OrbitWorkspace(QWidget):
+    error = Signal(str)
+    busy_changed = Signal(bool)
+    status_message = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.backbone = None
+        self.view = ViewRequest(seed=0)
+        self.mode = "RGB"
+        self.last_frame: Frame | None = None
+        self.frames_shown = 0
+        self.renderer = RenderClient(self)
+        self.renderer.frame_ready.connect(self._show_frame)
+        self.renderer.error.connect(self.error)
+        self.renderer.busy_changed.connect(self.busy_changed)
+        self._build()
+
+    # ================================================================== session
+    def set_session(self, backbone, project=None) -> None:
+        self.backbone = backbone
+        self.renderer.set_backbone(backbone)
+        self._pages.setCurrentIndex(1 if backbone is not None else 0)
+        self.refresh()
+
+    def clear_session(self) -> None:
+        self.set_session(None)
+
+    def shutdown(self) -> None:
+        self.renderer.shutdown()
+
+    # ================================================================== camera and identity
+    def set_seed(self, seed: int) -> None:
+        self._update(seed=int(seed))
+
+    def set_truncation(self, psi: float, interactive: bool = False) -> None:
+        self._update(interactive, truncation_psi=round(float(psi), 2))
+
+    def orbit_by(self, dx: float, dy: float, interactive: bool = True) -> None:
+        """Drag by (dx, dy) screen pixels: right turns the camera right, down looks from above."""
+        yaw = float(np.clip(self.view.yaw + dx * DEGREES_PER_PIXEL, -YAW_LIMIT, YAW_LIMIT))
+        pitch = float(np.clip(self.view.pitch - dy * DEGREES_PER_PIXEL, -PITCH_LIMIT, PITCH_LIMIT))
+        self._update(interactive, yaw=yaw, pitch=pitch)
+
+    def zoom_by(self, notches: float) -> None:
+        fov = float(np.clip(self.view.fov * ZOOM_STEP ** notches, *FOV_LIMITS))
+        self._update(True, fov=fov)  # wheel bursts behave like a drag: coarse, then refined
+
+    def reset_view(self) -> None:
+        self._update(yaw=0.0, pitch=0.0, fov=DEFAULT_FOV_DEG)
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in ("RGB", "Depth"):
+            raise ValueError(f"mode {mode!r} is not available yet: {NEEDS_SEMANTIC_BRANCH}")
+        self.mode = mode
+        self._mode_buttons[mode].setChecked(True)
+        if self.last_frame is not None:
+            self._show_frame(self.last_frame)
+
+    def refresh(self) -> None:
+        if self.backbone is not None:
+            self.renderer.request(self.view)
+
+    def _update(self, interactive: bool = False, **changes) -> None:
+        self.view = replace(self.view, **changes)
+        self._camera_label.setText(f"yaw {self.view.yaw:+.1f}°  pitch {self.view.pitch:+.1f}°  fov {self.view.fov:.1f}°")
+        if self.backbone is not None:
+            self.renderer.request(self.view, interactive=interactive)
+
+    # ================================================================== drawing
+    def _show_frame(self, frame: Frame) -> None:
+        self.last_frame = frame
+        self.frames_shown += 1
+        image = frame.rgb if self.mode == "RGB" else frame.depth
+        self._image_item.setImage(image, autoLevels=False, levels=(0, 255))
+        self._image_item.setRect(QRectF(0, 0, 1, 1))  # coarse and refined frames fill the same square
+        quality = "coarse" if frame.coarse else "refined"
+        size = frame.rgb.shape[0]
+        self._frame_label.setText(f"{quality} · {size}×{size} · {frame.seconds * 1000:.0f} ms")
+
+    # ================================================================== layout
+    def _build(self) -> None:
+        self._pages = QStackedLayout(self)
+        self._pages.addWidget(placeholder("No backbone loaded yet.\n\nOpen a project, or File → Open Backbone… "
+                                          "to look at an EG3D pickle or a studio .safetensors file."))
+        page = QWidget()
+        row = QHBoxLayout(page)
+        self.view_box = OrbitViewBox()
+        self.view_box.setMouseEnabled(False, False)
+        self.canvas = image_view_widget(self.view_box)
+        self._image_item = pg.ImageItem()
+        self.view_box.addItem(self._image_item)
+        self.view_box.setRange(QRectF(0, 0, 1, 1), padding=0.02)
+        self.view_box.orbit_dragged.connect(lambda dx, dy, done: self.orbit_by(dx, dy, interactive=not done))
+        self.view_box.zoomed.connect(self.zoom_by)
+        row.addWidget(self.canvas, stretch=1)
+        row.addWidget(self._build_controls())
+        self._pages.addWidget(page)
+
+    def _build_controls(self) -> QWidget:
+        panel = QWidget()
+        panel.setFixedWidth(280)
+        column = QVBoxLayout(panel)
+        identity = QGroupBox("Identity")
+        form = QFormLayout(identity)
+        self._seed_spin = QSpinBox(minimum=0, maximum=2**31 - 1, value=self.view.seed)
+        self._seed_spin.valueChanged.connect(self.set_seed)
+        form.addRow("Seed", self._seed_spin)
+        self._truncation = QSlider(Qt.Horizontal, minimum=0, maximum=100, value=100)
+        self._truncation.setToolTip("Truncation ψ: lower values pull the identity towards the average one")
+        truncation_value = QLabel("ψ 1.00")
+        self._truncation.valueChanged.connect(lambda v: truncation_value.setText(f"ψ {v / 100:.2f}"))
+        self._truncation.valueChanged.connect(lambda v: self.set_truncation(v / 100, self._truncation.isSliderDown()))
+        self._truncation.sliderReleased.connect(lambda: self.set_truncation(self._truncation.value() / 100))
+        form.addRow("Truncation", self._truncation)
+        form.addRow("", truncation_value)
+        column.addWidget(identity)
+        column.addWidget(self._build_modes())
+        camera = QGroupBox("Camera")
+        camera_layout = QVBoxLayout(camera)
+        self._camera_label = QLabel()
+        camera_layout.addWidget(self._camera_label)
+        camera_layout.addWidget(QLabel("Drag to orbit, wheel to zoom."))
+        camera_layout.addWidget(QPushButton("Reset view", clicked=self.reset_view))
+        column.addWidget(camera)
+        cloud = QLabel("Point-cloud view: " + NEEDS_SEMANTIC_BRANCH, wordWrap=True)
+        cloud.setStyleSheet("color: #888;")
+        column.addWidget(cloud)
+        column.addStretch(1)
+        self._frame_label = QLabel("no frame yet")
+        column.addWidget(self._frame_label)
+        self._update()
+        return panel
+
+    def _build_modes(self) -> QGroupBox:
+        box = QGroupBox("Show")
+        layout = QGridLayout(box)
+        group = QButtonGroup(self)
+        self._mode_buttons = {}
+        for position, mode in enumerate(MODES):
+            button = QRadioButton(mode)
+            if mode in ("RGB", "Depth"):
+                button.toggled.connect(lambda checked, m=mode: checked and self.set_mode(m))
+            else:
+                button.setEnabled(False)
+                button.setToolTip(NEEDS_SEMANTIC_BRANCH)
+            group.addButton(button)
+            layout.addWidget(button, position // 2, position % 2)
+            self._mode_buttons[mode] = button
+        self._mode_buttons["RGB"].setChecked(True)
+        return box

@@ -1,0 +1,20 @@
+"""`python main.py` with no arguments: start the studio window."""
+from __future__ import annotations
+
+import sys
+
+
+def run(argv: list[str] | None = None) -> int:
+    from PySide6.QtWidgets import QApplication
+
+    from app.errors import install_excepthook
+    from app.main_window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1] if argv is None else ["studio", *argv])
+    app.setApplicationName("DatasetNeRF Studio")
+    app.setOrganizationName("DatasetNeRF")
+    install_excepthook()
+    window = MainWindow()
+    window.show()
+    window.start()
+    return app.exec()

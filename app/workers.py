@@ -1,0 +1,212 @@
+"""Background work for the GUI: the render worker ("latest request wins") and one-off tasks.
+
+The GUI thread never calls the backbone. A workspace asks its RenderClient for a view; the client
+puts the request in a one-slot mailbox (a newer request replaces one still waiting) and wakes the
+worker thread, which renders whatever is newest when it gets to it. While the user drags, the
+client asks for coarse frames; ~150 ms after the last interactive request it asks for the refined
+frame. Every request gets an increasing id, so a frame that arrives after a newer one was shown,
+or after a cancel, is dropped instead of flickering back.
+"""
+from __future__ import annotations
+
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
+
+from app.rendering import Frame, ViewRequest, render_frame
+
+REFINE_DELAY_MS = 150
+COARSE_NEURAL_RESOLUTION = 48
+
+
+@dataclass(frozen=True)
+class _Job:
+    request_id: int
+    request: ViewRequest
+    coarse: bool
+    backbone: Any
+
+
+class _Mailbox:
+    """One pending job at most: posting replaces what has not been taken yet."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._job: _Job | None = None
+
+    def post(self, job: _Job) -> None:
+        with self._lock:
+            self._job = job
+
+    def take(self) -> _Job | None:
+        with self._lock:
+            job, self._job = self._job, None
+            return job
+
+    def clear(self) -> None:
+        self.take()
+
+
+class _RenderWorker(QObject):
+    """Lives in the worker thread; renders the mailbox's newest job until it is empty."""
+
+    rendered = Signal(object)  # Frame
+    failed = Signal(int, str)  # request id, message
+    busy_changed = Signal(bool)
+
+    def __init__(self, mailbox: _Mailbox, render: Callable = render_frame):
+        super().__init__()
+        self._mailbox = mailbox
+        self._render = render
+
+    @Slot()
+    def drain(self) -> None:
+        job = self._mailbox.take()
+        if job is None:
+            return  # an extra wake-up: its job was replaced by one already rendered
+        self.busy_changed.emit(True)
+        while job is not None:
+            self._render_one(job)
+            job = self._mailbox.take()
+        self.busy_changed.emit(False)
+
+    def _render_one(self, job: _Job) -> None:
+        try:
+            frame = self._render(job.backbone, job.request, job.request_id, job.coarse)
+        except Exception as error:  # shown by the GUI; the worker must survive a bad request
+            traceback.print_exc()
+            self.failed.emit(job.request_id, f"{type(error).__name__}: {error}")
+            return
+        self.rendered.emit(frame)
+
+
+class RenderClient(QObject):
+    """A workspace's handle on its own render thread.
+
+    Signals: frame_ready(Frame) for frames worth showing, error(str), busy_changed(bool).
+    """
+
+    frame_ready = Signal(object)
+    error = Signal(str)
+    busy_changed = Signal(bool)
+    _wake = Signal()
+
+    def __init__(self, parent: QObject | None = None, refine_delay_ms: int = REFINE_DELAY_MS,
+                 coarse_resolution: int = COARSE_NEURAL_RESOLUTION, render: Callable = render_frame):
+        super().__init__(parent)
+        self.backbone = None
+        self.coarse_resolution = coarse_resolution
+        self.rendered_count = 0  # frames the worker produced (tests check coalescing with it)
+        self._next_id = 1
+        self._newest_shown = 0
+        self._cancelled_through = 0
+        self._pending_refine: ViewRequest | None = None
+        self._mailbox = _Mailbox()
+        self._thread = QThread()
+        self._thread.setObjectName("render-worker")
+        self._worker = _RenderWorker(self._mailbox, render)
+        self._worker.moveToThread(self._thread)
+        self._wake.connect(self._worker.drain)
+        self._worker.rendered.connect(self._on_rendered)
+        self._worker.failed.connect(self._on_failed)
+        self._worker.busy_changed.connect(self.busy_changed)
+        self._refine_timer = QTimer(self, singleShot=True, interval=refine_delay_ms)
+        self._refine_timer.timeout.connect(self._submit_refined)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ requests
+    def set_backbone(self, backbone) -> None:
+        self.cancel()
+        self.backbone = backbone
+
+    def request(self, view: ViewRequest, interactive: bool = False) -> int | None:
+        """Ask for a view: coarse now and refined at rest if `interactive`, else refined now.
+
+        Returns the id of the request posted now (None without a backbone).
+        """
+        if self.backbone is None:
+            return None
+        if not interactive:
+            self._refine_timer.stop()
+            self._pending_refine = None
+            return self._post(view, coarse=False)
+        self._pending_refine = view
+        self._refine_timer.start()  # restarts: the refined frame waits for the drag to rest
+        return self._post(view.at_resolution(self._coarse_resolution_for(view)), coarse=True)
+
+    def cancel(self) -> None:
+        """Forget pending requests and drop any frame still being rendered."""
+        self._refine_timer.stop()
+        self._pending_refine = None
+        self._mailbox.clear()
+        self._cancelled_through = self._next_id - 1
+
+    def shutdown(self) -> None:
+        """Stop the thread (waits for a render in progress; called when the window closes)."""
+        self.cancel()
+        self._thread.quit()
+        self._thread.wait()
+
+    # ------------------------------------------------------------------ internals
+    def _coarse_resolution_for(self, view: ViewRequest) -> int:
+        full = view.neural_resolution or self.backbone.generator.neural_rendering_resolution
+        return min(self.coarse_resolution, full)
+
+    def _submit_refined(self) -> None:
+        view, self._pending_refine = self._pending_refine, None
+        if view is not None and self.backbone is not None:
+            self._post(view, coarse=False)
+
+    def _post(self, view: ViewRequest, coarse: bool) -> int:
+        request_id = self._next_id
+        self._next_id += 1
+        self._mailbox.post(_Job(request_id, view, coarse, self.backbone))
+        self._wake.emit()
+        return request_id
+
+    @Slot(object)
+    def _on_rendered(self, frame: Frame) -> None:
+        self.rendered_count += 1
+        if frame.request_id <= self._cancelled_through or frame.request_id < self._newest_shown:
+            return  # stale: cancelled, or overtaken by a newer frame already on screen
+        self._newest_shown = frame.request_id
+        self.frame_ready.emit(frame)
+
+    @Slot(int, str)
+    def _on_failed(self, request_id: int, message: str) -> None:
+        if request_id > self._cancelled_through:
+            self.error.emit(message)
+
+
+class _TaskThread(QThread):
+    succeeded = Signal(object)
+    failed = Signal(object)  # the exception
+
+    def __init__(self, function: Callable[[], Any], parent: QObject | None = None):
+        super().__init__(parent)
+        self._function = function
+
+    def run(self) -> None:
+        try:
+            result = self._function()
+        except Exception as error:  # handed to the GUI thread, which shows it
+            self.failed.emit(error)
+            return
+        self.succeeded.emit(result)
+
+
+def run_in_background(function: Callable[[], Any], on_success: Callable[[Any], None],
+                      on_failure: Callable[[BaseException], None], parent: QObject) -> QThread:
+    """Run a one-off task (loading a backbone, say) off the GUI thread; callbacks run on it.
+
+    The thread is parented to `parent`, which keeps it alive until it finishes.
+    """
+    thread = _TaskThread(function, parent)
+    thread.succeeded.connect(on_success)
+    thread.failed.connect(on_failure)
+    thread.finished.connect(thread.deleteLater)
+    thread.start()
+    return thread

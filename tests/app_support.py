@@ -1,0 +1,36 @@
+"""Shared pieces of the GUI tests: a tiny random backbone and a project painted on it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before any Qt import: no display in CI
+
+import torch
+from PySide6.QtCore import QSettings
+
+from core.backbone import Backbone
+from core.generator.configs import tiny_config
+from core.generator.triplane import TriPlaneGenerator
+from core.project import BackboneRef, Project, default_label_set
+
+MASK_SIZE = 32
+FAST_NEURAL_RESOLUTION = 16  # keeps a render well under a second on two busy cores
+
+
+def tiny_backbone() -> Backbone:
+    torch.manual_seed(0)
+    init_kwargs, _ = tiny_config()
+    generator = TriPlaneGenerator(**init_kwargs)
+    generator.neural_rendering_resolution = FAST_NEURAL_RESOLUTION
+    return Backbone(generator, "tiny", "tiny-hash")
+
+
+def tiny_project(folder: Path, backbone: Backbone) -> Project:
+    reference = BackboneRef("tiny.safetensors", backbone.content_hash)
+    return Project.create(folder, reference, default_label_set(), {"annotation_resolution": MASK_SIZE})
+
+
+def isolated_settings(folder: Path) -> QSettings:
+    """Recent projects go to a file under the test's tmp folder, never the user's settings."""
+    return QSettings(str(folder / "studio.ini"), QSettings.IniFormat)

@@ -1,0 +1,151 @@
+"""The Annotate workspace, offscreen, on a tiny random backbone."""
+import numpy as np
+import pytest
+from app_support import MASK_SIZE, tiny_backbone, tiny_project
+from PySide6.QtCore import QPoint, Qt
+
+from app.annotate import AnnotateWorkspace
+from core.project import Project
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return tiny_backbone()
+
+
+@pytest.fixture
+def workspace(qtbot, tmp_path, backbone):
+    project = tiny_project(tmp_path / "proj", backbone)
+    workspace = AnnotateWorkspace()
+    qtbot.addWidget(workspace)
+    workspace.resize(900, 700)
+    workspace.show()
+    workspace.set_session(backbone, project)
+    yield workspace
+    workspace.shutdown()
+    project.close()
+
+
+def stored_mask(workspace) -> np.ndarray:
+    annotation_id = workspace.autosaver.annotation_id(workspace.key)
+    return Project.open(workspace.project.folder).load_annotation(annotation_id).mask
+
+
+def test_stroke_changes_the_mask_and_undo_restores_it_byte_for_byte(workspace):
+    before = workspace.editor.mask.tobytes()
+    workspace.apply_stroke([(4.5, 4.5), (20.5, 4.5), (20.5, 12.5)], label=3)
+    painted = workspace.editor.mask.copy()
+    assert (painted == 3).sum() > 30 and painted[4, 10] == 3
+    workspace.undo()
+    assert workspace.editor.mask.tobytes() == before
+    workspace.redo()
+    assert workspace.editor.mask.tobytes() == painted.tobytes()
+
+
+def test_every_committed_stroke_is_on_disk(workspace):
+    workspace.apply_stroke([(2.5, 2.5), (9.5, 2.5)], label=2)
+    assert workspace.flush()
+    assert stored_mask(workspace).tobytes() == workspace.editor.mask.tobytes()
+    workspace.undo()  # undo is a committed change too
+    assert workspace.flush()
+    assert not stored_mask(workspace).any()
+
+
+def test_fill_erase_and_pick_tools(workspace):
+    workspace.apply_stroke([(0.5, 10.5), (31.5, 10.5)], label=1)  # a wall across the mask
+    workspace.set_label(5)
+    workspace.set_tool("fill")
+    workspace.click_at(3.5, 3.5)
+    assert (workspace.editor.mask[:8] == 5).all() and (workspace.editor.mask[13:] == 0).all()
+    workspace.set_tool("erase")
+    workspace.click_at(3.5, 3.5)
+    assert workspace.editor.mask[3, 3] == 0
+    workspace.set_tool("pick")
+    workspace.click_at(16.5, 10.5)
+    assert workspace.label == 1 and workspace.tool == "paint"
+
+
+def test_a_mouse_drag_on_the_canvas_paints_one_undo_step(workspace, qtbot):
+    workspace.set_label(4)
+    viewport = workspace.canvas.viewport()
+    centre = workspace.view_box.mapViewToScene(workspace.view_box.mapToView(workspace.view_box.boundingRect().center()))
+    start = workspace.canvas.mapFromScene(centre)
+    qtbot.mousePress(viewport, Qt.LeftButton, pos=start)
+    for step in range(1, 8):
+        qtbot.mouseMove(viewport, start + QPoint(step * 6, 0))
+    qtbot.mouseRelease(viewport, Qt.LeftButton, pos=start + QPoint(42, 0))
+    assert (workspace.editor.mask == 4).sum() > 0
+    assert workspace.editor.undo_depth == 1
+
+
+def test_views_keep_their_own_masks_and_history(workspace):
+    workspace.apply_stroke([(8.5, 8.5)], label=2)
+    first = workspace.editor.mask.copy()
+    workspace.next_identity()
+    assert not workspace.editor.mask.any()
+    workspace.set_view(30, 0)
+    assert workspace.key.camera.yaw == 30
+    workspace.set_identity(workspace.seed - 1)
+    workspace.set_view(0, 0)
+    assert workspace.editor.mask.tobytes() == first.tobytes() and workspace.editor.can_undo
+
+
+def test_reopening_the_project_shows_the_work(qtbot, backbone, workspace):
+    workspace.apply_stroke([(5.5, 5.5), (25.5, 25.5)], label=6)
+    painted = workspace.editor.mask.copy()
+    project = workspace.project
+    workspace.clear_session()  # what closing the project does: write what is pending
+    project.close()
+    reopened = AnnotateWorkspace()
+    qtbot.addWidget(reopened)
+    with Project.open(project.folder, writable=True) as again:
+        reopened.set_session(backbone, again)
+        assert reopened.editor.mask.tobytes() == painted.tobytes()
+        assert reopened.autosaver.annotation_id(reopened.key) == 0
+        reopened.shutdown()
+
+
+def test_a_read_only_project_shows_a_note_instead_of_a_canvas(qtbot, backbone, workspace):
+    reader = AnnotateWorkspace()
+    qtbot.addWidget(reader)
+    reader.set_session(backbone, Project.open(workspace.project.folder))
+    assert reader.editor is None and reader._pages.currentIndex() == 0
+    reader.shutdown()
+
+
+def test_shortcuts_select_labels_tools_and_brush(workspace, qtbot):
+    shortcuts = workspace.shortcuts
+    shortcuts["3"].activated.emit()
+    assert workspace.label == workspace.project.label_set.ids[3]
+    shortcuts["E"].activated.emit()
+    assert workspace.tool == "erase"
+    shortcuts["F"].activated.emit()
+    assert workspace.tool == "fill"
+    size = workspace.brush_size
+    shortcuts["]"].activated.emit()
+    assert workspace.brush_size == size + 1
+    shortcuts["["].activated.emit()
+    shortcuts["["].activated.emit()
+    assert workspace.brush_size == size - 1
+    seed = workspace.seed
+    shortcuts["PgDown"].activated.emit()
+    assert workspace.seed == seed + 1
+    shortcuts["P"].activated.emit()
+    assert workspace.seed == seed
+    expected = {"B", "E", "F", "I", "[", "]", "Ctrl+Z", "Ctrl+Shift+Z", "N", "P", "PgUp", "PgDown", *"0123456789"}
+    assert expected <= set(shortcuts)
+
+
+def test_counts_follow_the_saved_masks(workspace, qtbot):
+    workspace.apply_stroke([(16.5, 16.5)], label=7)
+    qtbot.waitUntil(lambda: 7 in {k for c in workspace._stored_counts.values() for k in c}, timeout=5000)
+    assert "1 annotation" in workspace._counts_label.text()
+    row = workspace.project.label_set.ids.index(7)
+    assert int(workspace._counts_table.item(row, 1).text()) == (workspace.editor.mask == 7).sum()
+    assert int(workspace._counts_table.item(row, 2).text()) == (workspace.editor.mask == 7).sum()
+
+
+def test_the_rendered_view_fills_the_mask_square(workspace, qtbot):
+    qtbot.waitUntil(lambda: workspace._image_item.image is not None, timeout=10000)
+    assert workspace._image_item.boundingRect().width() > 0
+    assert workspace._image_item.mapRectToParent(workspace._image_item.boundingRect()).width() == pytest.approx(MASK_SIZE)
