@@ -1,0 +1,138 @@
+"""The render worker (latest request wins, coarse then refined) and the Orbit workspace."""
+import threading
+import time
+
+import numpy as np
+import pytest
+from app_support import FAST_NEURAL_RESOLUTION, tiny_backbone
+
+from app.orbit import NEEDS_SEMANTIC_BRANCH, OrbitWorkspace
+from app.rendering import Frame, ViewRequest
+from app.workers import RenderClient
+
+
+class SlowRenderer:
+    """Stands in for the backbone: takes a while per frame and records what it rendered."""
+
+    def __init__(self, seconds: float = 0.05):
+        self.seconds = seconds
+        self.rendered: list[ViewRequest] = []
+        self.on_thread: set[str] = set()
+
+    def __call__(self, backbone, request, request_id, coarse):
+        self.on_thread.add(threading.current_thread().name)
+        time.sleep(self.seconds)
+        self.rendered.append(request)
+        size = request.neural_resolution or 64
+        return Frame(request, request_id, coarse, np.zeros((size, size, 3), np.uint8), np.zeros((size, size), np.uint8), self.seconds)
+
+
+class FakeGenerator:
+    neural_rendering_resolution = 128
+
+
+class FakeBackbone:
+    generator = FakeGenerator()
+
+
+@pytest.fixture
+def client(qtbot):
+    renderer = SlowRenderer()
+    client = RenderClient(refine_delay_ms=100, coarse_resolution=32, render=renderer)
+    client.set_backbone(FakeBackbone())
+    shown = []
+    client.frame_ready.connect(shown.append)
+    yield client, renderer, shown
+    client.shutdown()
+
+
+def test_twenty_quick_requests_coalesce_and_the_last_one_is_shown(client, qtbot):
+    client, renderer, shown = client
+    for seed in range(20):
+        client.request(ViewRequest(seed=seed))
+    qtbot.waitUntil(lambda: bool(shown) and shown[-1].request.seed == 19, timeout=5000)
+    qtbot.wait(150)  # nothing else arrives afterwards
+    assert len(renderer.rendered) <= 3, [r.seed for r in renderer.rendered]
+    assert shown[-1].request.seed == 19 and not shown[-1].coarse
+    assert [frame.request_id for frame in shown] == sorted(frame.request_id for frame in shown)
+    assert threading.main_thread().name not in renderer.on_thread  # the GUI thread never renders
+
+
+def test_dragging_renders_coarse_then_refined_at_rest(client, qtbot):
+    client, renderer, shown = client
+    for step in range(5):
+        client.request(ViewRequest(seed=1, yaw=step * 2.0), interactive=True)
+        qtbot.wait(10)
+    qtbot.waitUntil(lambda: bool(shown) and not shown[-1].coarse, timeout=5000)
+    coarse = [frame for frame in shown if frame.coarse]
+    assert coarse and all(frame.request.neural_resolution == 32 for frame in coarse)
+    assert shown[-1].request.yaw == 8.0 and shown[-1].request.neural_resolution is None
+    assert sum(1 for r in renderer.rendered if r.neural_resolution is None) == 1  # one refined frame
+
+
+def test_cancel_drops_the_frame_in_flight(client, qtbot):
+    client, renderer, shown = client
+    client.request(ViewRequest(seed=5))
+    qtbot.waitUntil(lambda: bool(renderer.on_thread), timeout=2000)
+    client.cancel()
+    qtbot.wait(200)
+    assert renderer.rendered and not shown
+
+
+def test_busy_signal_brackets_the_work(client, qtbot):
+    client, renderer, shown = client
+    states = []
+    client.busy_changed.connect(states.append)
+    with qtbot.waitSignal(client.frame_ready, timeout=5000):
+        client.request(ViewRequest(seed=2))
+    qtbot.waitUntil(lambda: states[-1:] == [False], timeout=2000)
+    assert states[0] is True
+
+
+def test_render_errors_are_reported_not_raised(qtbot):
+    def broken(*args):
+        raise RuntimeError("out of memory")
+
+    client = RenderClient(render=broken)
+    client.set_backbone(FakeBackbone())
+    with qtbot.waitSignal(client.error, timeout=5000) as signal:
+        client.request(ViewRequest(seed=0))
+    assert "out of memory" in signal.args[0]
+    client.shutdown()
+
+
+# ---------------------------------------------------------------------- the workspace
+@pytest.fixture
+def orbit(qtbot):
+    workspace = OrbitWorkspace()
+    qtbot.addWidget(workspace)
+    workspace.resize(800, 600)
+    workspace.show()
+    workspace.set_session(tiny_backbone())
+    qtbot.waitUntil(lambda: workspace.last_frame is not None, timeout=20000)
+    yield workspace
+    workspace.shutdown()
+
+
+def test_orbit_drag_zoom_seed_and_depth_with_a_real_backbone(orbit, qtbot):
+    for _ in range(10):
+        orbit.orbit_by(5, -2)  # what a left drag emits
+    orbit.orbit_by(0, 0, interactive=False)
+    qtbot.waitUntil(lambda: not orbit.last_frame.coarse and orbit.last_frame.request.yaw == 20.0, timeout=20000)
+    assert orbit.last_frame.request.pitch == pytest.approx(8.0)
+    assert orbit.last_frame.rgb.shape[:2] == (FAST_NEURAL_RESOLUTION, FAST_NEURAL_RESOLUTION)
+    orbit.zoom_by(2)
+    assert orbit.view.fov < 18.8
+    orbit.set_seed(7)
+    qtbot.waitUntil(lambda: orbit.last_frame.request.seed == 7, timeout=20000)
+    orbit.set_mode("Depth")
+    assert orbit._image_item.image.ndim == 2
+
+
+def test_semantic_modes_are_disabled_and_say_why(orbit):
+    for mode in ("Labels", "Blend"):
+        button = orbit._mode_buttons[mode]
+        assert not button.isEnabled() and "semantic branch" in button.toolTip()
+    with pytest.raises(ValueError, match="semantic"):
+        orbit.set_mode("Labels")
+    assert "semantic" in NEEDS_SEMANTIC_BRANCH
