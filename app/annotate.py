@@ -93,7 +93,7 @@ class AnnotateWorkspace(QWidget):
         self._editors: OrderedDict[ViewKey, MaskEditor] = OrderedDict()
         self._stored_counts: dict[int, dict[int, int]] = {}  # annotation id -> pixels per class
         self._current_request: ViewRequest | None = None
-        self._dragging = False
+        self._stale = False
         self.renderer = RenderClient(self)
         self.renderer.frame_ready.connect(self._show_frame)
         self.renderer.error.connect(self.error)
@@ -178,7 +178,19 @@ class AnnotateWorkspace(QWidget):
         self._refresh_overlay()
         self._refresh_counts()
         self._current_request = ViewRequest(self.seed, ANNOTATION_TRUNCATION, self.yaw, self.pitch)
+        self._request_render()
+
+    def _request_render(self) -> None:
+        if not self.isVisible():
+            self._stale = True  # a hidden tab leaves the CPU to the visible one; drawn when shown
+            return
+        self._stale = False
         self.renderer.request(self._current_request)
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if self._stale and self._current_request is not None:
+            self._request_render()
 
     def _view_key(self) -> ViewKey:
         identity = IdentityRef(seed=self.seed, truncation_psi=ANNOTATION_TRUNCATION)

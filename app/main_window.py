@@ -140,6 +140,8 @@ class MainWindow(QMainWindow):
         if project is not None:
             self._remember(project.folder)
             self.tabs.setCurrentWidget(self.annotate)
+        elif self.tabs.currentWidget() is self.annotate:
+            self.tabs.setCurrentWidget(self.orbit)  # nothing to annotate without a project
         self._update_status()
 
     def _use_session_everywhere(self) -> None:

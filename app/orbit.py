@@ -59,6 +59,7 @@ class OrbitWorkspace(QWidget):
         self.mode = "RGB"
         self.last_frame: Frame | None = None
         self.frames_shown = 0
+        self._stale = False
         self.renderer = RenderClient(self)
         self.renderer.frame_ready.connect(self._show_frame)
         self.renderer.error.connect(self.error)
@@ -106,15 +107,33 @@ class OrbitWorkspace(QWidget):
         if self.last_frame is not None:
             self._show_frame(self.last_frame)
 
-    def refresh(self) -> None:
-        if self.backbone is not None:
-            self.renderer.request(self.view)
+    def refresh(self, interactive: bool = False) -> None:
+        if self.backbone is None:
+            return
+        if not self.isVisible():
+            self._stale = True  # a hidden tab leaves the CPU to the visible one; drawn when shown
+            return
+        self._stale = False
+        self.renderer.request(self.view, interactive=interactive)
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if self._stale:
+            self.refresh()
 
     def _update(self, interactive: bool = False, **changes) -> None:
         self.view = replace(self.view, **changes)
         self._camera_label.setText(f"yaw {self.view.yaw:+.1f}°  pitch {self.view.pitch:+.1f}°  fov {self.view.fov:.1f}°")
-        if self.backbone is not None:
-            self.renderer.request(self.view, interactive=interactive)
+        self._sync_controls()
+        self.refresh(interactive)
+
+    def _sync_controls(self) -> None:
+        """Show the view's seed and truncation, also when a script or shortcut changed them."""
+        for widget, value in ((self._seed_spin, self.view.seed), (self._truncation, round(self.view.truncation_psi * 100))):
+            if widget.value() != value and not getattr(widget, "isSliderDown", lambda: False)():
+                widget.blockSignals(True)
+                widget.setValue(value)
+                widget.blockSignals(False)
 
     # ================================================================== drawing
     def _show_frame(self, frame: Frame) -> None:
@@ -145,6 +164,7 @@ class OrbitWorkspace(QWidget):
         row.addWidget(self.canvas, stretch=1)
         row.addWidget(self._build_controls())
         self._pages.addWidget(page)
+        self._update()
 
     def _build_controls(self) -> QWidget:
         panel = QWidget()
@@ -178,7 +198,6 @@ class OrbitWorkspace(QWidget):
         column.addStretch(1)
         self._frame_label = QLabel("no frame yet")
         column.addWidget(self._frame_label)
-        self._update()
         return panel
 
     def _build_modes(self) -> QGroupBox:
