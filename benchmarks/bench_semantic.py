@@ -10,9 +10,9 @@ Prints milliseconds (median of --repeats after one warm-up) for:
   labels        the semantic part of a view, reusing that backbone render
   labels+view   labels_for_view from scratch for a cached identity (backbone render included)
   train step    one optimiser step on `--views-per-step` prepared annotations
-and the fraction of samples the density prior keeps. A random backbone has density everywhere,
-so nearly every sample is kept: its figures are the worst case. `--min-weight` raises the
-pruning threshold to imitate the sparser weights of a trained backbone. Not a test.
+and how many points per ray the semantic decoder evaluates (at most --samples-per-ray; rays that
+miss the head cost nothing, so a random backbone, with density everywhere, is the worst case).
+Not a test.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from core.backbone import Backbone, load_backbone, pick_device  # noqa: E402
 from core.generator.configs import official_config  # noqa: E402
 from core.generator.triplane import TriPlaneGenerator  # noqa: E402
 from core.semantic import SemanticBranch, labels_for_view, view_prior  # noqa: E402
-from core.semantic.rendering import MIN_SAMPLE_WEIGHT, render_semantic  # noqa: E402
+from core.semantic.rendering import MIN_SAMPLE_WEIGHT, SAMPLES_PER_RAY, render_semantic  # noqa: E402
 from core.semantic.training import AnnotatedView, TrainingSettings, prepare_views, training_step  # noqa: E402
 
 
@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=128, help="output (mask) resolution")
     parser.add_argument("--classes", type=int, default=12)
     parser.add_argument("--min-weight", type=float, default=MIN_SAMPLE_WEIGHT)
+    parser.add_argument("--samples-per-ray", type=int, default=SAMPLES_PER_RAY, help="0: every sample with weight")
     parser.add_argument("--views-per-step", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -101,6 +102,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    quadrature = dict(min_weight=args.min_weight, samples_per_ray=args.samples_per_ray or None)
     backbone = make_backbone(args, device)
     G = backbone.generator
     branch = SemanticBranch.for_generator(G, args.classes).to(device).eval()
@@ -115,24 +117,25 @@ def main() -> None:
     with torch.no_grad():
         view = G.render(identity, camera, neural, return_samples=True)
     backbone_ms = timed_ms(lambda: G.render(identity, camera, neural, return_samples=True), device, args.repeats)
-    prior, _ = view_prior(G, identity, camera, neural, min_weight=args.min_weight, view=view)
-    kept = prior.samples.kept_fraction(view.samples["depths"].shape[2])
+    prior, _ = view_prior(G, identity, camera, neural, view=view, **quadrature)
+    points_per_ray = prior.samples.points_per_ray()
     semantic = branch.semantic_identity(identity)
 
     @torch.no_grad()
     def semantic_only():
-        reused, _ = view_prior(G, identity, camera, neural, min_weight=args.min_weight, view=view)
+        reused, _ = view_prior(G, identity, camera, neural, view=view, **quadrature)
         return render_semantic(branch, semantic.planes, reused, args.resolution, box_warp).logits.argmax(1)
 
     labels_ms = timed_ms(semantic_only, device, args.repeats)
-    full_ms = timed_ms(lambda: labels_for_view(branch, G, identity, camera, args.resolution, min_weight=args.min_weight),
+    full_ms = timed_ms(lambda: labels_for_view(branch, G, identity, camera, args.resolution, **quadrature),
                        device, args.repeats)
     print(f"encode (once per identity)   {encode_ms:8.1f} ms")
     print(f"backbone render with samples {backbone_ms:8.1f} ms")
-    print(f"labels, reusing the render   {labels_ms:8.1f} ms   (samples kept: {100 * kept:.1f} %)")
+    print(f"labels, reusing the render   {labels_ms:8.1f} ms   ({points_per_ray:.1f} decoder points per ray of {view.samples['depths'].shape[2]})")
     print(f"labels_for_view from scratch {full_ms:8.1f} ms")
 
-    settings = TrainingSettings(views_per_step=args.views_per_step, min_sample_weight=args.min_weight)
+    settings = TrainingSettings(views_per_step=args.views_per_step, min_sample_weight=args.min_weight,
+                                samples_per_ray=quadrature["samples_per_ray"])
     annotated = [AnnotatedView(seed, backbone.camera(yaw=yaw).label(), striped_mask(args.resolution, args.classes, i))
                  for i, (seed, yaw) in enumerate([(0, -30), (0, 30), (1, 0)])]
     start = time.perf_counter()

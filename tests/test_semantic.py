@@ -12,8 +12,9 @@ from core.checkpoint.studio_format import save_generator
 from core.generator.configs import tiny_config
 from core.generator.triplane import TriPlaneGenerator
 from core.semantic import SemanticBranch, labels_for_view, view_prior
+from core.semantic.branch import upsample_to
 from core.semantic.checkpoint import BackboneMismatchError, list_checkpoints, load_branch, read_branch_metadata, save_branch
-from core.semantic.rendering import MipRayMarcher2, render_semantic, sample_coefficients
+from core.semantic.rendering import MipRayMarcher2, crop_prior, quantile_depths, render_semantic, sample_coefficients
 from core.semantic.training import IGNORE_LABEL, AnnotatedView, TrainingSettings, train_semantic, validate_mask
 
 NUM_CLASSES = 4
@@ -104,7 +105,7 @@ def test_projection_before_upsampling_equals_the_papers_order(G):
         for res in triplane.resolutions:
             x = identity.block_features[res]
             x = x / x.pow(2).mean().add(1e-8).sqrt()
-            upsampled.append(torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False))
+            upsampled.append(upsample_to(x, 32))
         weight = torch.cat([triplane.projections[f"b{res}"].weight for res in triplane.resolutions], dim=1)
         papers = torch.nn.functional.conv2d(torch.cat(upsampled, 1), weight, triplane.bias)
     assert torch.allclose(ours.reshape(papers.shape), papers, atol=1e-5)
@@ -130,18 +131,29 @@ def test_density_prior_opacity_is_the_backbones_weight_total(G):
     assert torch.allclose(approx.feature_image, output.feature_image, atol=0.1 * output.feature_image.abs().max().item())
 
 
-def test_weight_quadrature_keeps_totals_and_reproduces_a_sharp_surface():
-    from core.semantic.rendering import _weight_quadrature
+def test_quantile_depths_follow_the_backbones_weights():
+    edges = torch.linspace(2.0, 3.0, 11)[None]  # ten intervals of 0.1
+    sharp = torch.zeros(1, 10)
+    sharp[0, 4] = 0.9
+    on_surface = quantile_depths(edges, sharp, 8)
+    assert ((on_surface >= 2.4 - 1e-6) & (on_surface <= 2.5 + 1e-6)).all()
+    uniform = quantile_depths(edges, torch.ones(1, 10), 4)
+    assert torch.allclose(uniform, torch.tensor([[2.125, 2.375, 2.625, 2.875]]))
 
-    torch.manual_seed(0)
-    diffuse = torch.rand(2, 3, 20)
-    sharp = torch.zeros(1, 1, 20)
-    sharp[0, 0, 7] = 0.9
-    for coefficients in (diffuse, sharp):
-        picked = _weight_quadrature(coefficients, 8)
-        assert torch.allclose(picked.sum(2), coefficients.sum(2))
-        assert ((picked > 0).sum(2) <= 8).all()
-    assert torch.allclose(_weight_quadrature(sharp, 8), sharp)
+
+@torch.no_grad()
+def test_a_crop_renders_the_same_rays_as_the_whole_view(G):
+    identity = identity_of(G)
+    for density_prior in (True, False):
+        branch = new_branch(G, density_prior=density_prior)
+        planes = branch.encode(identity).planes
+        prior, _ = view_prior(G, identity, Camera(yaw=25).label(), RESOLUTION, density_prior=density_prior)
+        whole = render_semantic(branch, planes, prior, 2 * RESOLUTION, 1.0)
+        part = render_semantic(branch, planes, crop_prior(prior, 3, 5, 8, 2 * RESOLUTION), 16, 1.0)
+        assert torch.allclose(part.raw_logits, whole.raw_logits[..., 3:11, 5:13], atol=1e-5)
+        assert torch.allclose(part.opacity, whole.opacity[..., 3:11, 5:13], atol=1e-6)
+        # The super-resolution is local: away from the crop's border it agrees as well.
+        assert torch.allclose(part.logits[..., 6:10, 6:10], whole.logits[..., 12:16, 16:20], atol=1e-4)
 
 
 def test_sample_coefficients_reproduce_eg3d_compositing():

@@ -10,11 +10,11 @@ the mean of its two end samples, so a ray's result is
 i.e. a per-sample coefficient c_j: the ray's weight distribution over its S samples (48 for the
 default, 96 for EG3D). Decoding semantics at all of them costs as much as the backbone's own
 render, so by default each ray is represented by a `SAMPLES_PER_RAY`-point quadrature of that
-distribution: the samples at its quantiles (i + 1/2) / k, each with weight total / k. The
-opacity stays exactly the backbone's, a sharp surface (weight on a few samples) is reproduced
-almost exactly, and a diffuse one is averaged where its weight is. Picks with a negligible
-coefficient (rays that miss the head) are dropped altogether. `samples_per_ray=None` gives the
-exact composite over every sample with weight instead.
+distribution instead: the depths at its quantiles (i + 1/2) / k (inverse CDF over the
+backbone's intervals, as its importance sampler does), each carrying total / k of the weight.
+The opacity stays exactly the backbone's; a sharp surface puts all k points on it; a diffuse
+one is averaged where its weight is. Rays whose total weight is negligible (they miss the
+head) are not decoded at all. `samples_per_ray=None` gives the exact composite over all samples.
 
 Without the density prior (ablation) the branch predicts its own σ at the same sample depths
 and composites with weights from that σ, through EG3D's ray marcher.
@@ -38,20 +38,21 @@ SAMPLES_PER_RAY = 8
 
 @dataclass
 class PriorSamples:
-    """A view's backbone samples, reduced to what compositing with the backbone's density needs.
+    """A view's samples reduced to what compositing with the backbone's density needs.
 
-    Per batch item (a list, because each keeps a different number of samples): world points
-    (P, 3), the index of their ray in the view (P,), and their coefficient c_j (P, 1).
+    Per batch item (a list: each has its own number of visible rays R): the index of each visible
+    ray in the view (R,), k world points along it (R, k, 3) and their coefficients (R, k, 1).
     """
 
-    points: list[torch.Tensor]
     rays: list[torch.Tensor]
+    points: list[torch.Tensor]
     coefficients: list[torch.Tensor]
     opacity: torch.Tensor  # (N, M, 1): the composite of 1, i.e. the backbone's weight total
 
     def points_per_ray(self) -> float:
-        """Mean number of decoder evaluations per ray (the cost of a semantic view)."""
-        return sum(len(rays) for rays in self.rays) / (self.opacity.shape[0] * self.opacity.shape[1])
+        """Mean number of decoder evaluations per ray of the view (the cost of a semantic view)."""
+        decoded = sum(points.shape[0] * points.shape[1] for points in self.points)
+        return decoded / (self.opacity.shape[0] * self.opacity.shape[1])
 
 
 @dataclass
@@ -111,48 +112,49 @@ def _rays(G, camera_label: torch.Tensor, resolution: int):
 
 def prior_samples(view: View, origins, directions, min_weight: float = MIN_SAMPLE_WEIGHT,
                   samples_per_ray: int | None = SAMPLES_PER_RAY) -> PriorSamples:
-    """The points, rays and coefficients at which to decode semantics for a backbone render.
+    """Where to decode semantics for a backbone render (return_samples=True), and with what weight."""
+    depths, weights = view.samples["depths"][..., 0], view.samples["weights"][..., 0]  # (N,M,S), (N,M,S-1)
+    totals = weights.sum(2)  # (N, M)
+    rays, points, coefficients = [], [], []
+    for i in range(depths.shape[0]):
+        visible = torch.nonzero(totals[i] > min_weight).squeeze(1)
+        ray_depths, ray_weights = depths[i, visible], weights[i, visible]
+        if samples_per_ray is None:
+            ray_coefficients = sample_coefficients(ray_weights[None, ..., None])[0]  # (R, S, 1)
+        else:
+            ray_depths = quantile_depths(ray_depths, ray_weights, samples_per_ray)
+            ray_coefficients = (totals[i, visible] / samples_per_ray)[:, None, None].expand(-1, samples_per_ray, 1)
+        rays.append(visible)
+        points.append(origins[i, visible, None] + ray_depths[..., None] * directions[i, visible, None])
+        coefficients.append(ray_coefficients)
+    opacity = torch.stack([
+        _scatter_rays(c.sum(1), r, depths.shape[1]) for c, r in zip(coefficients, rays)
+    ])
+    return PriorSamples(rays, points, coefficients, opacity)
 
-    `view` must come from G.render(..., return_samples=True). With `samples_per_ray` None every
-    sample whose coefficient exceeds `min_weight` is kept (exact up to those); otherwise each ray
-    gets a `samples_per_ray`-point quadrature of its weight distribution (see the module doc).
+
+def quantile_depths(depths: torch.Tensor, weights: torch.Tensor, count: int) -> torch.Tensor:
+    """Depths (R, count) at the quantiles (i + 1/2) / count of each ray's interval weights.
+
+    depths (R, S) are interval edges, weights (R, S-1) the intervals' weights; within an
+    interval the weight is spread uniformly (inverse-CDF sampling, like EG3D's sample_pdf with
+    fixed, centred quantiles).
     """
-    depths, weights = view.samples["depths"], view.samples["weights"]
-    coefficients = sample_coefficients(weights)[..., 0]  # (N, M, S)
-    if samples_per_ray is not None:
-        coefficients = _weight_quadrature(coefficients, samples_per_ray)
-    points = origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)  # (N, M, S, 3)
-    n, m, s = coefficients.shape
-    kept_points, kept_rays, kept_coefficients = [], [], []
-    for i in range(n):
-        flat_coefficients = coefficients[i].reshape(m * s)
-        keep = torch.nonzero(flat_coefficients > min_weight).squeeze(1)
-        kept_points.append(points[i].reshape(m * s, 3)[keep])
-        kept_rays.append(torch.div(keep, s, rounding_mode="floor"))
-        kept_coefficients.append(flat_coefficients[keep].unsqueeze(1))
-    # The composite of 1 along each ray, through the same samples as the features.
-    opacity = torch.stack([_sum_per_ray(c, r, m) for c, r in zip(kept_coefficients, kept_rays)])
-    return PriorSamples(kept_points, kept_rays, kept_coefficients, opacity)
+    cdf = torch.cumsum(weights, 1) / weights.sum(1, keepdim=True).clamp_min(1e-12)
+    cdf = torch.cat([torch.zeros_like(cdf[:, :1]), cdf], 1)  # (R, S): CDF at each edge
+    quantiles = (torch.arange(count, device=depths.device, dtype=depths.dtype) + 0.5) / count
+    quantiles = quantiles.expand(depths.shape[0], count).contiguous()
+    upper = torch.searchsorted(cdf.contiguous(), quantiles, right=True).clamp(1, depths.shape[1] - 1)
+    lower = upper - 1
+    cdf_low, cdf_high = cdf.gather(1, lower), cdf.gather(1, upper)
+    depth_low, depth_high = depths.gather(1, lower), depths.gather(1, upper)
+    fraction = (quantiles - cdf_low) / (cdf_high - cdf_low).clamp_min(1e-12)
+    return depth_low + fraction.clamp(0, 1) * (depth_high - depth_low)
 
 
-def _weight_quadrature(coefficients: torch.Tensor, count: int) -> torch.Tensor:
-    """Coefficients (N, M, S) re-weighted onto the samples at the quantiles (i + 1/2) / count.
-
-    Each quantile carries an equal share of the ray's total weight, so a ray's coefficients
-    still sum to the backbone's opacity, but at most `count` samples per ray are non-zero.
-    Samples without weight are never picked; one holding much of it is picked several times.
-    """
-    total = coefficients.sum(2, keepdim=True)
-    cdf = torch.cumsum(coefficients, 2) / total.clamp_min(1e-12)
-    quantiles = (torch.arange(count, device=cdf.device, dtype=cdf.dtype) + 0.5) / count
-    picked = torch.searchsorted(cdf.contiguous(), quantiles.expand(*cdf.shape[:2], count).contiguous())
-    picked = picked.clamp_max(coefficients.shape[2] - 1)
-    shares = (total / count).expand(-1, -1, count)
-    return torch.zeros_like(coefficients).scatter_add_(2, picked, shares)
-
-
-def _sum_per_ray(values: torch.Tensor, rays: torch.Tensor, num_rays: int) -> torch.Tensor:
-    return values.new_zeros(num_rays, values.shape[1]).index_add(0, rays, values)
+def _scatter_rays(values: torch.Tensor, rays: torch.Tensor, num_rays: int) -> torch.Tensor:
+    """Per-visible-ray values (R, C) into a view's rays (M, C), zero elsewhere."""
+    return values.new_zeros(num_rays, values.shape[1]).index_copy(0, rays, values)
 
 
 @torch.no_grad()
@@ -181,10 +183,43 @@ def view_prior(
     return ViewPrior(samples, view.image, neural_resolution), view
 
 
+def crop_prior(prior: ViewPrior, top: int, left: int, size: int, output_resolution: int) -> ViewPrior:
+    """The part of a view inside a square of `size` rays at (top, left), for training on crops.
+
+    The RGB is cropped at the output resolution (the matching square, scaled).
+    """
+    rows, columns = torch.meshgrid(torch.arange(top, top + size), torch.arange(left, left + size), indexing="ij")
+    inside = (rows * prior.resolution + columns).reshape(-1).to(prior.rgb.device)  # row-major, as the rays
+    scale = output_resolution // prior.resolution
+    rgb = F.interpolate(prior.rgb, size=(output_resolution,) * 2, mode="bilinear", align_corners=False,
+                        antialias=prior.rgb.shape[-1] > output_resolution)
+    rgb = rgb[..., top * scale:(top + size) * scale, left * scale:(left + size) * scale]
+    return ViewPrior(_crop_samples(prior.samples, inside, prior.resolution ** 2), rgb, size)
+
+
+def _crop_samples(samples, inside: torch.Tensor, num_rays: int):
+    if isinstance(samples, DenseSamples):
+        return DenseSamples(samples.origins[:, inside], samples.directions[:, inside], samples.depths[:, inside])
+    # Renumber the rays: position in the crop, or -1 outside it.
+    renumber = torch.full((num_rays,), -1, dtype=torch.long, device=inside.device)
+    renumber[inside] = torch.arange(len(inside), device=inside.device)
+    rays, points, coefficients = [], [], []
+    for ray, point, coefficient in zip(samples.rays, samples.points, samples.coefficients):
+        new_index = renumber[ray]
+        kept = new_index >= 0
+        rays.append(new_index[kept])
+        points.append(point[kept])
+        coefficients.append(coefficient[kept])
+    return PriorSamples(rays, points, coefficients, samples.opacity[:, inside])
+
+
 # ------------------------------------------------------------------ the semantic side
 def render_semantic(branch: SemanticBranch, planes: torch.Tensor, prior: ViewPrior, output_resolution: int,
                     box_warp: float) -> SemanticOutput:
     """Volume-render the semantic features of one view and super-resolve them to class logits."""
+    if isinstance(prior.samples, PriorSamples) != branch.density_prior:
+        raise ValueError("the view was prepared for a branch "
+                         f"{'with' if isinstance(prior.samples, PriorSamples) else 'without'} the density prior")
     if isinstance(prior.samples, PriorSamples):
         features, opacity = _composite_with_prior(branch, planes, prior.samples, box_warp)
     else:
@@ -199,9 +234,11 @@ def _composite_with_prior(branch, planes, samples: PriorSamples, box_warp):
     """Features (N, M, F) composited with the backbone's weights, and the opacity (N, M, 1)."""
     per_item = []
     num_rays = samples.opacity.shape[1]
-    for i, (points, rays, coefficients) in enumerate(zip(samples.points, samples.rays, samples.coefficients)):
-        decoded = branch.decode_points(planes[i:i + 1], points[None], box_warp)
-        per_item.append(_sum_per_ray(decoded["features"][0] * coefficients, rays, num_rays))
+    for i, (rays, points, coefficients) in enumerate(zip(samples.rays, samples.points, samples.coefficients)):
+        r, k, _ = points.shape
+        decoded = branch.decode_points(planes[i:i + 1], points.reshape(1, r * k, 3), box_warp)["features"]
+        composited = (decoded.reshape(r, k, -1) * coefficients).sum(1)
+        per_item.append(_scatter_rays(composited, rays, num_rays))
     return torch.stack(per_item), samples.opacity
 
 

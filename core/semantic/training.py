@@ -30,7 +30,15 @@ from core.semantic.checkpoint import (
     load_branch_for_training,
     save_branch,
 )
-from core.semantic.rendering import MIN_SAMPLE_WEIGHT, SAMPLES_PER_RAY, ViewPrior, neural_resolution_for, render_semantic, view_prior
+from core.semantic.rendering import (
+    MIN_SAMPLE_WEIGHT,
+    SAMPLES_PER_RAY,
+    ViewPrior,
+    crop_prior,
+    neural_resolution_for,
+    render_semantic,
+    view_prior,
+)
 
 # Mask value of pixels nobody painted: they take no part in the loss.
 IGNORE_LABEL = 255
@@ -60,6 +68,9 @@ class TrainingSettings:
     seed: int = 0
     min_sample_weight: float = MIN_SAMPLE_WEIGHT
     samples_per_ray: int | None = SAMPLES_PER_RAY  # None: every sample with weight (slower, exact)
+    # Train on random square crops of this many output pixels (None: whole views). Every part of
+    # the branch is local except the tri-plane, so crops cost proportionally less and lose little.
+    crop_size: int | None = 64
 
 
 @dataclass
@@ -172,16 +183,31 @@ def training_step(branch, views, identity_features, optimizer, settings, step: i
     optimizer.zero_grad(set_to_none=True)
     planes = {key: branch.triplane(identity_features[key]) for key in {view.identity_key for view in batch}}
     total_loss, correct, counted = 0.0, 0, 0
-    for view in batch:
-        output = render_semantic(branch, planes[view.identity_key], view.prior, view.mask.shape[-1], box_warp)
-        total_loss = total_loss + view_loss(output, view.mask, settings.raw_loss_weight)
-        painted = view.mask != IGNORE_LABEL
-        correct += int((output.logits[0].argmax(0) == view.mask)[painted].sum())
+    for index, view in enumerate(batch):
+        prior, mask = _training_crop(view, settings.crop_size, step * 1_000 + index + settings.seed)
+        output = render_semantic(branch, planes[view.identity_key], prior, mask.shape[-1], box_warp)
+        total_loss = total_loss + view_loss(output, mask, settings.raw_loss_weight)
+        painted = mask != IGNORE_LABEL
+        correct += int((output.logits[0].argmax(0) == mask)[painted].sum())
         counted += int(painted.sum())
     loss = total_loss / len(batch)
     loss.backward()
     optimizer.step()
     return float(loss.detach()), correct / max(counted, 1)
+
+
+def _training_crop(view: "_PreparedView", crop_size: int | None, seed: int):
+    """A random square crop of a prepared view and its mask (the whole view without crop_size)."""
+    output_resolution = view.mask.shape[-1]
+    scale = output_resolution // view.prior.resolution
+    if crop_size is None or crop_size >= output_resolution or output_resolution % view.prior.resolution:
+        return view.prior, view.mask
+    size = max(1, crop_size // scale)  # in rays of the neural resolution
+    generator = torch.Generator().manual_seed(seed)
+    top, left = torch.randint(0, view.prior.resolution - size + 1, (2,), generator=generator).tolist()
+    prior = crop_prior(view.prior, top, left, size, output_resolution)
+    mask = view.mask[top * scale:(top + size) * scale, left * scale:(left + size) * scale]
+    return prior, mask
 
 
 def view_loss(output, mask: torch.Tensor, raw_loss_weight: float) -> torch.Tensor:
