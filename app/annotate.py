@@ -432,6 +432,11 @@ class AnnotateWorkspace(QWidget):
         history.addWidget(self._undo_button)
         history.addWidget(self._redo_button)
         layout.addRow(history)
+        # Correcting a model's guess beats painting from scratch; MaskEditor.replace() is the
+        # undoable step it will use once a semantic branch can be trained from this window.
+        self._prefill_button = QPushButton("Prefill from current model", enabled=False)
+        self._prefill_button.setToolTip("Needs a trained semantic branch; arrives with the semantic-branch issue.")
+        layout.addRow(self._prefill_button)
         return box
 
     def _build_labels_box(self) -> QGroupBox:

@@ -145,7 +145,7 @@ class MainWindow(QMainWindow):
         self._update_status()
 
     def _use_session_everywhere(self) -> None:
-        for workspace in (self.annotate, self.orbit):
+        for workspace in self.workspaces.values():
             workspace.set_session(self.backbone, self.project)
 
     def _project_failed(self, project: Project, error: BaseException) -> None:
@@ -216,7 +216,11 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.orbit, "Orbit")
         self.tabs.addTab(self.edit, "Edit")
         self.setCentralWidget(self.tabs)
-        for name, workspace in (("annotate", self.annotate), ("orbit", self.orbit)):
+        # Every workspace speaks the same small protocol: set_session(backbone, project),
+        # shutdown(), and the signals error / status_message / busy_changed. The Edit workspace,
+        # training and the factory join this dict when they land.
+        self.workspaces = {"annotate": self.annotate, "orbit": self.orbit}
+        for name, workspace in self.workspaces.items():
             workspace.error.connect(self.show_error)
             workspace.status_message.connect(lambda text: self.statusBar().showMessage(text, 2000))
             workspace.busy_changed.connect(lambda busy, n=name: self._set_busy(f"Rendering ({n})", busy))
@@ -276,8 +280,8 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(title)
 
     def closeEvent(self, event) -> None:
-        self.annotate.shutdown()  # writes pending masks first
-        self.orbit.shutdown()
+        for workspace in self.workspaces.values():
+            workspace.shutdown()  # Annotate writes its pending masks first
         if self.project is not None:
             self.project.close()
             self.project = None

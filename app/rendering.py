@@ -4,6 +4,7 @@ Kept free of Qt so that benchmarks can time exactly the function the worker runs
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, replace
 
@@ -12,6 +13,11 @@ import torch
 
 from core.camera import DEFAULT_FOV_DEG, Camera
 from core.imaging import depth_to_uint8, rgb_to_uint8
+
+# Each workspace renders on its own thread, and a frame can still be in flight when the user
+# switches tabs. The backbone's identity cache is not thread-safe, and two renders at once gain
+# nothing on a small CPU, so renders take turns.
+_RENDER_TURN = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ class Frame:
 def render_frame(backbone, request: ViewRequest, request_id: int = 0, coarse: bool = False) -> Frame:
     """Render one request; the identity's planes come from the backbone's cache when warm."""
     start = time.perf_counter()
-    with torch.no_grad():
+    with _RENDER_TURN, torch.no_grad():
         identity = backbone.identity_from_seed(request.seed, request.truncation_psi)
         view = backbone.render(identity, request.camera(backbone), request.neural_resolution, deterministic=True)
     kwargs = backbone.rendering_kwargs
