@@ -108,7 +108,6 @@ def main() -> None:
     branch = SemanticBranch.for_generator(G, args.classes).to(device).eval()
     identity = backbone.identity_from_seed(0)
     camera = backbone.camera(yaw=20).label().to(device)
-    box_warp = G.rendering_kwargs["box_warp"]
     neural = min(G.neural_rendering_resolution, args.resolution)
     print(f"backbone {backbone.name}, device {device}, threads {torch.get_num_threads()}, "
           f"output {args.resolution}², neural {neural}², plane {G.plane_resolution}²")
@@ -124,7 +123,7 @@ def main() -> None:
     @torch.no_grad()
     def semantic_only():
         reused, _ = view_prior(G, identity, camera, neural, view=view, **quadrature)
-        return render_semantic(branch, semantic.planes, reused, args.resolution, box_warp).logits.argmax(1)
+        return render_semantic(branch, semantic.planes, reused, args.resolution).logits.argmax(1)
 
     labels_ms = timed_ms(semantic_only, device, args.repeats)
     full_ms = timed_ms(lambda: labels_for_view(branch, G, identity, camera, args.resolution, **quadrature),
@@ -144,7 +143,7 @@ def main() -> None:
     optimizer = torch.optim.Adam(branch.parameters(), lr=settings.learning_rate)
     branch.train()
     step_counter = iter(range(10 ** 6))
-    step_ms = timed_ms(lambda: training_step(branch, views, features, optimizer, settings, next(step_counter), box_warp),
+    step_ms = timed_ms(lambda: training_step(branch, views, features, optimizer, settings, next(step_counter)),
                        device, args.repeats)
     print(f"prepare one annotation       {prepare_ms:8.1f} ms   (backbone, once per annotation)")
     print(f"train step ({args.views_per_step} views)          {step_ms:8.1f} ms")

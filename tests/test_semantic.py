@@ -118,14 +118,14 @@ def test_density_prior_opacity_is_the_backbones_weight_total(G):
     label = Camera(yaw=10, pitch=5).label()
     exact, view = view_prior(G, identity, label, RESOLUTION, density_prior=True, min_weight=0.0, samples_per_ray=None)
     planes = branch.encode(identity).planes
-    output = render_semantic(branch, planes, exact, RESOLUTION, G.rendering_kwargs["box_warp"])
+    output = render_semantic(branch, planes, exact, RESOLUTION)
     weights_total = view.samples["weights"].sum(2).reshape(1, 1, RESOLUTION, RESOLUTION)
     assert torch.allclose(output.opacity, weights_total, atol=1e-5)
     # The quadrature (k samples per ray) keeps each ray's opacity; only rays whose total weight
     # is below k * min_weight are dropped.
     k = 4
     quadrature, _ = view_prior(G, identity, label, RESOLUTION, density_prior=True, view=view, samples_per_ray=k)
-    approx = render_semantic(branch, planes, quadrature, RESOLUTION, G.rendering_kwargs["box_warp"])
+    approx = render_semantic(branch, planes, quadrature, RESOLUTION)
     assert (approx.opacity - weights_total).abs().max() <= k * 1e-4
     assert quadrature.samples.points_per_ray() <= k
     assert torch.allclose(approx.feature_image, output.feature_image, atol=0.1 * output.feature_image.abs().max().item())
@@ -148,8 +148,8 @@ def test_a_crop_renders_the_same_rays_as_the_whole_view(G):
         branch = new_branch(G, density_prior=density_prior)
         planes = branch.encode(identity).planes
         prior, _ = view_prior(G, identity, Camera(yaw=25).label(), RESOLUTION, density_prior=density_prior)
-        whole = render_semantic(branch, planes, prior, 2 * RESOLUTION, 1.0)
-        part = render_semantic(branch, planes, crop_prior(prior, 3, 5, 8, 2 * RESOLUTION), 16, 1.0)
+        whole = render_semantic(branch, planes, prior, 2 * RESOLUTION)
+        part = render_semantic(branch, planes, crop_prior(prior, 3, 5, 8, 2 * RESOLUTION), 16)
         assert torch.allclose(part.raw_logits, whole.raw_logits[..., 3:11, 5:13], atol=1e-5)
         assert torch.allclose(part.opacity, whole.opacity[..., 3:11, 5:13], atol=1e-6)
         # The super-resolution is local: away from the crop's border it agrees as well.
@@ -160,14 +160,14 @@ def test_sample_coefficients_reproduce_eg3d_compositing():
     torch.manual_seed(0)
     values, weights = torch.randn(2, 5, 7, 3), torch.rand(2, 5, 6, 1)
     expected = MipRayMarcher2.composite(values, weights)
-    assert torch.allclose((sample_coefficients(weights) * values).sum(2), expected, atol=1e-6)
+    assert torch.allclose((sample_coefficients(weights[..., 0])[..., None] * values).sum(2), expected, atol=1e-6)
 
 
 def test_without_density_prior_the_branch_renders_its_own_density(G):
     branch = new_branch(G, density_prior=False)
     identity = identity_of(G)
     prior, view = view_prior(G, identity, Camera().label(), RESOLUTION, density_prior=False)
-    output = render_semantic(branch, branch.encode(identity).planes, prior, RESOLUTION, G.rendering_kwargs["box_warp"])
+    output = render_semantic(branch, branch.encode(identity).planes, prior, RESOLUTION)
     backbone_total = view.samples["weights"].sum(2).reshape(output.opacity.shape)
     assert not torch.allclose(output.opacity, backbone_total, atol=1e-3)
     output.logits.sum().backward()

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.generator.rendering import generate_planes, sample_from_planes
+from core.generator.rendering import generate_planes, project_onto_planes
 from core.generator.triplane import Identity
 
 # How many identities' semantic tri-planes a branch keeps; an orbit or a factory run works
@@ -123,14 +123,34 @@ class SemanticDecoder(nn.Module):
         self.feature_channels = feature_channels
 
     def forward(self, averaged_features: torch.Tensor) -> dict:
-        """Plane-averaged features (..., C) → {'features' (..., F), 'sigma' (..., 1) or None}."""
-        x = self.output(F.relu(self.hidden(averaged_features)))
-        features = x[..., : self.feature_channels]
-        sigma = x[..., self.feature_channels:] if self.predicts_density else None
+        """Plane-averaged features (C, P), channels first → {'features' (F, P), 'sigma' (1, P) or None}.
+
+        Channels first because that is how grid_sample returns the samples: no transposes of
+        ~10^5 × 96 values per view.
+        """
+        hidden = F.relu(torch.addmm(self.hidden.bias[:, None], self.hidden.weight, averaged_features))
+        x = torch.addmm(self.output.bias[:, None], self.output.weight, hidden)
+        features = x[: self.feature_channels]
+        sigma = x[self.feature_channels:] if self.predicts_density else None
         return {"features": features, "sigma": sigma}
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Class logits (..., K) of per-point features (..., F), channels last."""
         return self.classifier(features)
+
+
+_PLANE_AXES = generate_planes()
+
+
+def plane_grid(points: torch.Tensor, box_warp: float) -> torch.Tensor:
+    """grid_sample coordinates (3, ..., 2) of world points (..., 3) in the three planes.
+
+    The same projection as the backbone's planes (EG3D's plane axes, quirk included): the
+    block features the semantic planes are made of are laid out in those axes.
+    """
+    flat = points.reshape(1, -1, 3) * (2 / box_warp)
+    grid = project_onto_planes(_PLANE_AXES.to(points.device), flat)  # (3, P, 2)
+    return grid.reshape(3, *points.shape[:-1], 2)
 
 
 def _conv3x3(in_channels: int, out_channels: int) -> nn.Module:
@@ -214,7 +234,6 @@ class SemanticBranch(nn.Module):
         # Logits of a ray that hits nothing: the composited features vanish there, so the
         # background class must come from somewhere; learnt, weighted by (1 - opacity).
         self.empty_logits = nn.Parameter(torch.zeros(num_classes))
-        self.register_buffer("plane_axes", generate_planes(), persistent=False)
         self._cache: OrderedDict[int, tuple[Identity, tuple, SemanticIdentity]] = OrderedDict()
 
     @classmethod
@@ -264,13 +283,15 @@ class SemanticBranch(nn.Module):
         return tuple(p._version for p in self.parameters())
 
     # -------------------------------------------------------------- points
-    def decode_points(self, planes: torch.Tensor, points: torch.Tensor, box_warp: float) -> dict:
-        """Decoder outputs at world points (N, M, 3) of identities whose planes are (N, 3, C, R, R)."""
-        plane_features = sample_from_planes(self.plane_axes, planes, points, box_warp=box_warp)  # (N, 3, M, C)
-        return self.decoder(plane_features.mean(1))  # averaged over the planes, as in EG3D
+    def decode_grid(self, planes: torch.Tensor, grid: torch.Tensor) -> dict:
+        """Decoder outputs (F, P) at grid points (3, P, 2) of one identity's planes (3, C, R, R)."""
+        sampled = F.grid_sample(planes, grid[:, None], mode="bilinear", padding_mode="zeros", align_corners=False)
+        return self.decoder(sampled[:, :, 0].mean(0))  # averaged over the planes, as in EG3D
 
     def query_points(self, identity: SemanticIdentity, points: torch.Tensor, box_warp: float) -> dict:
-        """Semantic features and class logits (N, M, K) at world points, e.g. for 3D labels."""
-        out = self.decode_points(identity.planes, points, box_warp)
-        out["logits"] = self.decoder.classify(out["features"])
-        return out
+        """Semantic 'features' (N, M, F) and class 'logits' (N, M, K) at world points (N, M, 3)."""
+        features = []
+        for planes, item_points in zip(identity.planes, points):
+            features.append(self.decode_grid(planes, plane_grid(item_points, box_warp))["features"].t())
+        features = torch.stack(features)
+        return {"features": features, "logits": self.decoder.classify(features)}

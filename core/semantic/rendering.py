@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from core.generator.rendering import MipRayMarcher2
 from core.generator.triplane import Identity, View
-from core.semantic.branch import SemanticBranch, SemanticIdentity
+from core.semantic.branch import SemanticBranch, SemanticIdentity, plane_grid
 
 # Samples whose compositing coefficient is below this are skipped (see the module docstring).
 MIN_SAMPLE_WEIGHT = 1e-4
@@ -40,28 +40,28 @@ SAMPLES_PER_RAY = 8
 class PriorSamples:
     """A view's samples reduced to what compositing with the backbone's density needs.
 
-    Per batch item (a list: each has its own number of visible rays R): the index of each visible
-    ray in the view (R,), k world points along it (R, k, 3) and their coefficients (R, k, 1).
+    Per batch item (lists: each item has its own number R of visible rays): the index of each
+    visible ray in the view (R,), the plane coordinates of its k points (3, R, k, 2) and their
+    compositing coefficients (R, k).
     """
 
     rays: list[torch.Tensor]
-    points: list[torch.Tensor]
+    grids: list[torch.Tensor]
     coefficients: list[torch.Tensor]
-    opacity: torch.Tensor  # (N, M, 1): the composite of 1, i.e. the backbone's weight total
+    opacity: torch.Tensor  # (N, 1, M): the composite of 1, i.e. the backbone's weight total
 
     def points_per_ray(self) -> float:
         """Mean number of decoder evaluations per ray of the view (the cost of a semantic view)."""
-        decoded = sum(points.shape[0] * points.shape[1] for points in self.points)
-        return decoded / (self.opacity.shape[0] * self.opacity.shape[1])
+        decoded = sum(coefficients.numel() for coefficients in self.coefficients)
+        return decoded / (self.opacity.shape[0] * self.opacity.shape[2])
 
 
 @dataclass
 class DenseSamples:
-    """All of a view's sample depths along its rays, for a branch that predicts its own σ."""
+    """All of a view's samples, for a branch that predicts its own σ (density prior off)."""
 
-    origins: torch.Tensor  # (N, M, 3)
-    directions: torch.Tensor  # (N, M, 3)
-    depths: torch.Tensor  # (N, M, S, 1)
+    grids: torch.Tensor  # (N, 3, M, S, 2) plane coordinates of every sample
+    depths: torch.Tensor  # (N, M, S)
 
 
 @dataclass
@@ -90,47 +90,9 @@ class LabelledView:
 
 # ------------------------------------------------------------------ the backbone's side
 def sample_coefficients(weights: torch.Tensor) -> torch.Tensor:
-    """Per-sample coefficients (N, M, S, 1) from interval weights (N, M, S-1, 1)."""
-    padded = F.pad(weights, (0, 0, 1, 1))  # no interval before the first or after the last sample
-    return (padded[:, :, :-1] + padded[:, :, 1:]) / 2
-
-
-def _camera_batch(camera_label: torch.Tensor, n: int, device) -> torch.Tensor:
-    camera_label = torch.as_tensor(camera_label, dtype=torch.float32, device=device)
-    if camera_label.ndim == 1:
-        camera_label = camera_label[None]
-    if camera_label.shape[0] == 1 and n > 1:
-        camera_label = camera_label.expand(n, -1)
-    return camera_label
-
-
-def _rays(G, camera_label: torch.Tensor, resolution: int):
-    cam2world = camera_label[:, :16].view(-1, 4, 4)
-    intrinsics = camera_label[:, 16:25].view(-1, 3, 3)
-    return G.ray_sampler(cam2world, intrinsics, resolution)
-
-
-def prior_samples(view: View, origins, directions, min_weight: float = MIN_SAMPLE_WEIGHT,
-                  samples_per_ray: int | None = SAMPLES_PER_RAY) -> PriorSamples:
-    """Where to decode semantics for a backbone render (return_samples=True), and with what weight."""
-    depths, weights = view.samples["depths"][..., 0], view.samples["weights"][..., 0]  # (N,M,S), (N,M,S-1)
-    totals = weights.sum(2)  # (N, M)
-    rays, points, coefficients = [], [], []
-    for i in range(depths.shape[0]):
-        visible = torch.nonzero(totals[i] > min_weight).squeeze(1)
-        ray_depths, ray_weights = depths[i, visible], weights[i, visible]
-        if samples_per_ray is None:
-            ray_coefficients = sample_coefficients(ray_weights[None, ..., None])[0]  # (R, S, 1)
-        else:
-            ray_depths = quantile_depths(ray_depths, ray_weights, samples_per_ray)
-            ray_coefficients = (totals[i, visible] / samples_per_ray)[:, None, None].expand(-1, samples_per_ray, 1)
-        rays.append(visible)
-        points.append(origins[i, visible, None] + ray_depths[..., None] * directions[i, visible, None])
-        coefficients.append(ray_coefficients)
-    opacity = torch.stack([
-        _scatter_rays(c.sum(1), r, depths.shape[1]) for c, r in zip(coefficients, rays)
-    ])
-    return PriorSamples(rays, points, coefficients, opacity)
+    """Per-sample coefficients (..., S) from interval weights (..., S-1): c_j = (w_{j-1} + w_j) / 2."""
+    padded = F.pad(weights, (1, 1))  # no interval before the first or after the last sample
+    return (padded[..., :-1] + padded[..., 1:]) / 2
 
 
 def quantile_depths(depths: torch.Tensor, weights: torch.Tensor, count: int) -> torch.Tensor:
@@ -152,9 +114,47 @@ def quantile_depths(depths: torch.Tensor, weights: torch.Tensor, count: int) -> 
     return depth_low + fraction.clamp(0, 1) * (depth_high - depth_low)
 
 
+def prior_samples(view: View, origins, directions, box_warp: float, min_weight: float = MIN_SAMPLE_WEIGHT,
+                  samples_per_ray: int | None = SAMPLES_PER_RAY) -> PriorSamples:
+    """Where to decode semantics for a backbone render (return_samples=True), and with what weight."""
+    depths, weights = view.samples["depths"][..., 0], view.samples["weights"][..., 0]  # (N,M,S), (N,M,S-1)
+    totals = weights.sum(2)  # (N, M)
+    rays, grids, coefficients = [], [], []
+    for i in range(depths.shape[0]):
+        visible = torch.nonzero(totals[i] > min_weight).squeeze(1)
+        ray_depths, ray_weights = depths[i, visible], weights[i, visible]
+        if samples_per_ray is None:
+            ray_coefficients = sample_coefficients(ray_weights)  # (R, S)
+        else:
+            ray_depths = quantile_depths(ray_depths, ray_weights, samples_per_ray)
+            ray_coefficients = (totals[i, visible] / samples_per_ray)[:, None].expand(-1, samples_per_ray)
+        points = origins[i, visible, None] + ray_depths[..., None] * directions[i, visible, None]  # (R, k, 3)
+        rays.append(visible)
+        grids.append(plane_grid(points, box_warp))
+        coefficients.append(ray_coefficients.contiguous())
+    num_rays = depths.shape[1]
+    opacity = torch.stack([_scatter_rays(c.sum(1)[None], r, num_rays) for c, r in zip(coefficients, rays)])
+    return PriorSamples(rays, grids, coefficients, opacity)
+
+
 def _scatter_rays(values: torch.Tensor, rays: torch.Tensor, num_rays: int) -> torch.Tensor:
-    """Per-visible-ray values (R, C) into a view's rays (M, C), zero elsewhere."""
-    return values.new_zeros(num_rays, values.shape[1]).index_copy(0, rays, values)
+    """Per-visible-ray values (C, R) into all of a view's rays (C, M), zero elsewhere."""
+    return values.new_zeros(values.shape[0], num_rays).index_copy(1, rays, values)
+
+
+def _camera_batch(camera_label: torch.Tensor, n: int, device) -> torch.Tensor:
+    camera_label = torch.as_tensor(camera_label, dtype=torch.float32, device=device)
+    if camera_label.ndim == 1:
+        camera_label = camera_label[None]
+    if camera_label.shape[0] == 1 and n > 1:
+        camera_label = camera_label.expand(n, -1)
+    return camera_label
+
+
+def _rays(G, camera_label: torch.Tensor, resolution: int):
+    cam2world = camera_label[:, :16].view(-1, 4, 4)
+    intrinsics = camera_label[:, 16:25].view(-1, 3, 3)
+    return G.ray_sampler(cam2world, intrinsics, resolution)
 
 
 @torch.no_grad()
@@ -176,10 +176,13 @@ def view_prior(
         raise ValueError(f"the given view must be rendered with return_samples=True at the neural resolution "
                          f"{neural_resolution}")
     origins, directions = _rays(G, camera_label, neural_resolution)
+    box_warp = G.rendering_kwargs["box_warp"]
     if density_prior:
-        samples = prior_samples(view, origins, directions, min_weight, samples_per_ray)
+        samples = prior_samples(view, origins, directions, box_warp, min_weight, samples_per_ray)
     else:
-        samples = DenseSamples(origins, directions, view.samples["depths"])
+        depths = view.samples["depths"]
+        points = origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)  # (N, M, S, 3)
+        samples = DenseSamples(torch.stack([plane_grid(p, box_warp) for p in points]), depths[..., 0])
     return ViewPrior(samples, view.image, neural_resolution), view
 
 
@@ -199,76 +202,80 @@ def crop_prior(prior: ViewPrior, top: int, left: int, size: int, output_resoluti
 
 def _crop_samples(samples, inside: torch.Tensor, num_rays: int):
     if isinstance(samples, DenseSamples):
-        return DenseSamples(samples.origins[:, inside], samples.directions[:, inside], samples.depths[:, inside])
+        return DenseSamples(samples.grids[:, :, inside], samples.depths[:, inside])
     # Renumber the rays: position in the crop, or -1 outside it.
     renumber = torch.full((num_rays,), -1, dtype=torch.long, device=inside.device)
     renumber[inside] = torch.arange(len(inside), device=inside.device)
-    rays, points, coefficients = [], [], []
-    for ray, point, coefficient in zip(samples.rays, samples.points, samples.coefficients):
+    rays, grids, coefficients = [], [], []
+    for ray, grid, coefficient in zip(samples.rays, samples.grids, samples.coefficients):
         new_index = renumber[ray]
         kept = new_index >= 0
         rays.append(new_index[kept])
-        points.append(point[kept])
+        grids.append(grid[:, kept])
         coefficients.append(coefficient[kept])
-    return PriorSamples(rays, points, coefficients, samples.opacity[:, inside])
+    return PriorSamples(rays, grids, coefficients, samples.opacity[:, :, inside])
 
 
 # ------------------------------------------------------------------ the semantic side
-def render_semantic(branch: SemanticBranch, planes: torch.Tensor, prior: ViewPrior, output_resolution: int,
-                    box_warp: float) -> SemanticOutput:
+def render_semantic(branch: SemanticBranch, planes: torch.Tensor, prior: ViewPrior,
+                    output_resolution: int) -> SemanticOutput:
     """Volume-render the semantic features of one view and super-resolve them to class logits."""
     if isinstance(prior.samples, PriorSamples) != branch.density_prior:
         raise ValueError("the view was prepared for a branch "
                          f"{'with' if isinstance(prior.samples, PriorSamples) else 'without'} the density prior")
     if isinstance(prior.samples, PriorSamples):
-        features, opacity = _composite_with_prior(branch, planes, prior.samples, box_warp)
+        features, opacity = _composite_with_prior(branch, planes, prior.samples)
     else:
-        features, opacity = _composite_with_own_density(branch, planes, prior.samples, box_warp)
+        features, opacity = _composite_with_own_density(branch, planes, prior.samples)
     raw_logits = _raw_logits(branch, features, opacity)
     feature_image, raw_logits, opacity = (_as_image(x, prior.resolution) for x in (features, raw_logits, opacity))
     logits = branch.superresolution(feature_image, raw_logits, opacity, prior.rgb, output_resolution)
     return SemanticOutput(logits, raw_logits, feature_image, opacity)
 
 
-def _composite_with_prior(branch, planes, samples: PriorSamples, box_warp):
-    """Features (N, M, F) composited with the backbone's weights, and the opacity (N, M, 1)."""
+def _composite_with_prior(branch, planes, samples: PriorSamples):
+    """Features (N, F, M) composited with the backbone's weights, and the opacity (N, 1, M)."""
     per_item = []
-    num_rays = samples.opacity.shape[1]
-    for i, (rays, points, coefficients) in enumerate(zip(samples.rays, samples.points, samples.coefficients)):
-        r, k, _ = points.shape
-        decoded = branch.decode_points(planes[i:i + 1], points.reshape(1, r * k, 3), box_warp)["features"]
-        composited = (decoded.reshape(r, k, -1) * coefficients).sum(1)
+    num_rays = samples.opacity.shape[2]
+    for item_planes, rays, grid, coefficients in zip(planes, samples.rays, samples.grids, samples.coefficients):
+        r, k = coefficients.shape
+        decoded = branch.decode_grid(item_planes, grid.reshape(3, r * k, 2))["features"]  # (F, R*k)
+        composited = (decoded.view(-1, r, k) * coefficients).sum(2)
         per_item.append(_scatter_rays(composited, rays, num_rays))
     return torch.stack(per_item), samples.opacity
 
 
-def _composite_with_own_density(branch, planes, samples: DenseSamples, box_warp):
-    n, m, s, _ = samples.depths.shape
-    points = samples.origins.unsqueeze(-2) + samples.depths * samples.directions.unsqueeze(-2)
-    decoded = branch.decode_points(planes, points.reshape(n, m * s, 3), box_warp)
-    features = decoded["features"].reshape(n, m, s, -1)
-    sigma = decoded["sigma"].reshape(n, m, s, 1)
+def _composite_with_own_density(branch, planes, samples: DenseSamples):
+    """As _composite_with_prior, with weights from the branch's own σ at the same samples."""
+    n, m, s = samples.depths.shape
+    features, sigma = [], []
+    for item_planes, grid in zip(planes, samples.grids):
+        decoded = branch.decode_grid(item_planes, grid.reshape(3, m * s, 2))
+        features.append(decoded["features"].view(-1, m, s))
+        sigma.append(decoded["sigma"].view(m, s))
+    features, sigma = torch.stack(features), torch.stack(sigma)  # (N, F, M, S), (N, M, S)
     # EG3D's activation (softplus with the -1 bias) on the interval means, as MipRayMarcher2 does.
-    interval_sigma = F.softplus((sigma[:, :, :-1] + sigma[:, :, 1:]) / 2 - 1)
-    weights = MipRayMarcher2.interval_weights(interval_sigma, samples.depths[:, :, 1:] - samples.depths[:, :, :-1])
-    return MipRayMarcher2.composite(features, weights), weights.sum(2)
+    interval_sigma = F.softplus((sigma[..., :-1] + sigma[..., 1:]) / 2 - 1)
+    deltas = samples.depths[..., 1:] - samples.depths[..., :-1]
+    weights = MipRayMarcher2.interval_weights(interval_sigma[..., None], deltas[..., None])[..., 0]
+    composited = (features * sample_coefficients(weights)[:, None]).sum(3)
+    return composited, weights.sum(2)[:, None]
 
 
 def _raw_logits(branch: SemanticBranch, features: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
-    """Composited per-point logits: classify(features) with the bias weighted by opacity.
+    """Composited per-point logits (N, K, M): classify(features), its bias weighted by opacity.
 
     The classifier is affine, so sum_j c_j (W v_j + b) = W (sum_j c_j v_j) + b * opacity; the
     transparent remainder of each ray gets the branch's learnt logits for "nothing hit".
     """
     classifier = branch.decoder.classifier
-    return (F.linear(features, classifier.weight) + classifier.bias * opacity
-            + branch.empty_logits * (1 - opacity))
+    return (torch.matmul(classifier.weight, features) + classifier.bias[:, None] * opacity
+            + branch.empty_logits[:, None] * (1 - opacity))
 
 
-def _as_image(rays_values: torch.Tensor, resolution: int) -> torch.Tensor:
-    """(N, M, C) per-ray values → (N, C, h, w) images."""
-    n, _, c = rays_values.shape
-    return rays_values.permute(0, 2, 1).reshape(n, c, resolution, resolution)
+def _as_image(values: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(N, C, M) per-ray values → (N, C, h, w) images (rays are in row-major pixel order)."""
+    return values.reshape(values.shape[0], values.shape[1], resolution, resolution)
 
 
 # ------------------------------------------------------------------ inference
@@ -298,5 +305,5 @@ def labels_for_view(
     neural_resolution = neural_resolution_for(G, resolution)
     prior, view = view_prior(G, semantic.identity, camera_label, neural_resolution, branch.density_prior,
                              min_weight, view, samples_per_ray)
-    output = render_semantic(branch, semantic.planes, prior, resolution, G.rendering_kwargs["box_warp"])
+    output = render_semantic(branch, semantic.planes, prior, resolution)
     return LabelledView(output.logits.argmax(1), output.logits, view)

@@ -158,8 +158,7 @@ def train_semantic(
         if should_stop is not None and should_stop():
             stopped = True
             break
-        loss, accuracy = training_step(branch, views, identity_features, optimizer, settings, step,
-                                       backbone.rendering_kwargs["box_warp"])
+        loss, accuracy = training_step(branch, views, identity_features, optimizer, settings, step)
         step += 1
         history.append((step, loss))
         loss_mean.update(loss)
@@ -177,7 +176,7 @@ def train_semantic(
     return TrainingResult(step, loss_mean.value, accuracy_mean.value, checkpoint, stopped, history)
 
 
-def training_step(branch, views, identity_features, optimizer, settings, step: int, box_warp: float):
+def training_step(branch, views, identity_features, optimizer, settings, step: int):
     """One Adam step on a batch of annotated views; returns (loss, pixel accuracy) of the batch."""
     batch = _batch_for_step(views, settings, step)
     optimizer.zero_grad(set_to_none=True)
@@ -185,7 +184,7 @@ def training_step(branch, views, identity_features, optimizer, settings, step: i
     total_loss, correct, counted = 0.0, 0, 0
     for index, view in enumerate(batch):
         prior, mask = _training_crop(view, settings.crop_size, step * 1_000 + index + settings.seed)
-        output = render_semantic(branch, planes[view.identity_key], prior, mask.shape[-1], box_warp)
+        output = render_semantic(branch, planes[view.identity_key], prior, mask.shape[-1])
         total_loss = total_loss + view_loss(output, mask, settings.raw_loss_weight)
         painted = mask != IGNORE_LABEL
         correct += int((output.logits[0].argmax(0) == mask)[painted].sum())
