@@ -47,6 +47,7 @@ class IdentityKey:
     seed: int
     truncation_psi: float
     truncation_cutoff: int | None
+    conditioning_fov: float
 
 
 class Backbone:
@@ -77,18 +78,35 @@ class Backbone:
 
     # -------------------------------------------------------------- identities
     @torch.no_grad()
-    def mapping(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = EG3D_DEFAULT_TRUNCATION_CUTOFF) -> torch.Tensor:
-        """z → w, conditioned on the frontal camera as gen_samples.py does."""
-        c = self.generator.frontal_camera_label().to(self.device)[None].expand(z.shape[0], -1)
+    def mapping(
+        self,
+        z: torch.Tensor,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: int | None = EG3D_DEFAULT_TRUNCATION_CUTOFF,
+        conditioning_fov: float = DEFAULT_FOV_DEG,
+    ) -> torch.Tensor:
+        """z → w, conditioned on the frontal camera as gen_samples.py does.
+
+        gen_samples.py conditions on a camera with its own --fov-deg, whose declared default
+        18.837 click truncates to the integer 18; pass conditioning_fov=18 to reproduce it bit
+        for bit. (Only pose-conditioned checkpoints such as FFHQ/AFHQ depend on it.)
+        """
+        c = self.generator.frontal_camera_label(conditioning_fov).to(self.device)[None].expand(z.shape[0], -1)
         return self.generator.mapping(z.to(self.device), c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
 
     @torch.no_grad()
-    def identity_from_seed(self, seed: int, truncation_psi: float = 1.0, truncation_cutoff: int | None = EG3D_DEFAULT_TRUNCATION_CUTOFF) -> Identity:
-        key = IdentityKey(int(seed), float(truncation_psi), truncation_cutoff)
+    def identity_from_seed(
+        self,
+        seed: int,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: int | None = EG3D_DEFAULT_TRUNCATION_CUTOFF,
+        conditioning_fov: float = DEFAULT_FOV_DEG,
+    ) -> Identity:
+        key = IdentityKey(int(seed), float(truncation_psi), truncation_cutoff, float(conditioning_fov))
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        ws = self.mapping(seed_to_z(seed, self.generator.z_dim), truncation_psi, truncation_cutoff)
+        ws = self.mapping(seed_to_z(seed, self.generator.z_dim), truncation_psi, truncation_cutoff, conditioning_fov)
         identity = self.generator.synthesize(ws)
         self._cache[key] = identity
         if len(self._cache) > self._cache_size:
