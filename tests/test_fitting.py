@@ -9,10 +9,11 @@ import torch
 from core.backbone import DEFAULT_BACKBONE_PATH, load_backbone
 from core.checkpoint.studio_format import load_generator, read_generator_config, save_generator
 from core.cli import main
+from core.fileio import read_rgb
 from core.fitting import evaluate as evaluation
 from core.fitting.config import FitSettings, tiny_fit_config
 from core.fitting.trainer import (FitError, FitRequest, TrainingState, build_generator, fit, make_optimizer,
-                                  next_batch, state_path, train_step)
+                                  next_batch, set_learning_rate, state_path, train_step)
 from core.procedural import ProceduralHead
 
 EVALUATION_KEYS = {"psnr", "silhouette_iou", "depth_error", "identities", "views"}
@@ -138,9 +139,12 @@ def test_evaluate_fit_on_a_tiny_random_backbone(tmp_path, capsys):
 
     path = tmp_path / "tiny.safetensors"
     save_generator(generator, path)
-    assert main(["evaluate", "fit", "--backbone", str(path), "--identities", "1", "--views", "1", "--json"]) == 0
+    sheet = tmp_path / "sheet.png"
+    assert main(["evaluate", "fit", "--backbone", str(path), "--identities", "1", "--views", "1", "--json",
+                 "--contact-sheet", str(sheet)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert EVALUATION_KEYS <= set(printed)
+    assert read_rgb(sheet).shape[0] == 4 * 32 + 3 * 4   # four identities of 32^2 with gaps
     assert main(["evaluate", "fit", "--backbone", str(path), "--views", "9"]) == 2
 
 
@@ -148,3 +152,14 @@ def test_perfect_prediction_scores_perfectly():
     target = evaluation.procedural_view(2_000_000, 30.0, 5.0, 48, 40)
     figures = evaluation.compare_view(target, target)
     assert figures["iou"] == 1.0 and figures["depth_sum"] == 0.0 and figures["psnr"] > 100
+
+
+def test_learning_rate_holds_then_falls_linearly_over_the_second_half():
+    state = tiny_state()
+    rates = []
+    for fraction in (0.0, 0.5, 0.75, 1.0):
+        set_learning_rate(state, fraction)
+        rates.append(state.optimizer.param_groups[0]["lr"])
+    base = state.settings.learning_rate
+    assert rates[:2] == [base, base]
+    assert rates[2] == pytest.approx(base * 0.55) and rates[3] == pytest.approx(base * 0.1)

@@ -119,7 +119,21 @@ def evaluate_parser(sub) -> None:
     fit.add_argument("--views", type=int, default=8, help="how many of the 8 fixed evaluation views")
     fit.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     fit.add_argument("--json", action="store_true", help="print the figures as JSON")
+    fit.add_argument("--contact-sheet", type=Path, metavar="PNG",
+                     help="also write procedural-beside-backbone renders of 4 held-out identities, 3 views")
     fit.set_defaults(run=_evaluate_fit)
+
+
+def _write_contact_sheet(generator, path: Path, UserError) -> None:
+    from core.fileio import write_png
+    from core.fitting.contact_sheet import contact_sheet
+
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--contact-sheet must name a .png file, not {path}")
+    try:
+        write_png(path, contact_sheet(generator))
+    except OSError as error:
+        raise UserError(f"could not write {path}: {error}") from error
 
 
 def _evaluate_fit(args) -> None:
@@ -136,6 +150,8 @@ def _evaluate_fit(args) -> None:
     except (BackboneError, ValueError) as error:
         raise UserError(str(error)) from error
     figures["backbone"] = backbone.name
+    if args.contact_sheet is not None:
+        _write_contact_sheet(backbone.generator, args.contact_sheet, UserError)
     if args.json:
         print(json.dumps(figures, indent=2))
         return

@@ -76,6 +76,10 @@ class FitSettings:
     rays_per_identity: int = 1024     # random rays per identity, spread over its views
     foreground_ray_fraction: float = 0.8   # share of rays aimed at the head's bounding sphere
     learning_rate: float = 2e-3
+    # Over the last half of each run (by its --minutes or --steps) the rate falls linearly to
+    # this fraction of learning_rate: annealing settles the noisy per-batch updates.
+    decay_from: float = 0.5
+    final_lr_fraction: float = 0.1
     rgb_weight: float = 1.0
     alpha_weight: float = 1.0
     depth_weight: float = 1.0         # L1 in units of the head radius, on foreground rays

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.fitting.evaluate import backbone_view, procedural_view
+from core.fitting.evaluate import backbone_identity, backbone_view, procedural_view
 from core.procedural import seeds_for
 
 GAP = 4            # pixels between cells
@@ -19,9 +19,10 @@ def contact_sheet(generator, identities: int = 4, views=((0.0, 0.0), (45.0, 10.0
     rows = []
     for seed in seeds_for("evaluate", identities):
         cells = []
+        identity = backbone_identity(generator, seed)
         for yaw, pitch in views:
             truth = procedural_view(seed, yaw, pitch, resolution, generator.z_dim)["rgb"]
-            mine = backbone_view(generator, seed, yaw, pitch, resolution)["rgb"]
+            mine = backbone_view(generator, identity, yaw, pitch, resolution)["rgb"]
             cells.append(_join([_to_uint8(truth), _to_uint8(mine)], GAP, axis=1))
         rows.append(_join(cells, PAIR_GAP, axis=1))
     return _join(rows, GAP, axis=0)

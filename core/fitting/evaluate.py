@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from core.fitting.data import camera_for, view_rays
-from core.fitting.trainer import HEAD_RADIUS, predict_rays
+from core.fitting.trainer import HEAD_RADIUS, render_rays, synthesize_identity
 from core.procedural import HeadParams, ProceduralHead, latent_for_seed, seeds_for
 
 # (yaw, pitch) in degrees; positive yaw moves the camera to +x (the head's left).
@@ -30,14 +30,24 @@ def evaluation_views(count: int) -> list[tuple[float, float]]:
 
 
 @torch.no_grad()
-def backbone_view(generator, seed: int, yaw: float, pitch: float, resolution: int) -> dict:
-    """rgb [0,1] on grey (H, W, 3), alpha and depth (H, W) of identity `seed` from a camera."""
+def backbone_identity(generator, seed: int):
+    """The planes of identity `seed` (EG3D's seed convention, no truncation)."""
     device = next(generator.parameters()).device
+    generator.eval()
     z = torch.from_numpy(latent_for_seed(seed, generator.z_dim)[None]).float().to(device)
+    return synthesize_identity(generator, z)
+
+
+@torch.no_grad()
+def backbone_view(generator, seed_or_identity, yaw: float, pitch: float, resolution: int) -> dict:
+    """rgb [0,1] on grey (H, W, 3), alpha and depth (H, W) of an identity (or its seed)."""
+    identity = seed_or_identity
+    if isinstance(seed_or_identity, int):
+        identity = backbone_identity(generator, seed_or_identity)
+    device = identity.planes.device
     origins, directions = view_rays(camera_for(yaw, pitch), resolution)
     rays = [torch.from_numpy(array)[None].to(device) for array in (origins, directions)]
-    generator.eval()
-    predicted = predict_rays(generator, z, *rays, stochastic=False, max_rays_per_chunk=8192)
+    predicted = render_rays(generator, identity, *rays, stochastic=False, max_rays_per_chunk=8192)
     image_shape = (resolution, resolution)
     return {"rgb": predicted["rgb"][0].clamp(0, 1).reshape(*image_shape, 3).cpu().numpy(),
             "alpha": predicted["alpha"][0].reshape(image_shape).cpu().numpy(),
@@ -72,8 +82,9 @@ def evaluate_fit(generator, identities: int = 50, views: int = 8, resolution: in
     seeds = seeds_for("evaluate", identities)
     per_image = []
     for seed in seeds:
+        identity = backbone_identity(generator, seed)
         for yaw, pitch in cameras:
-            per_image.append(compare_view(backbone_view(generator, seed, yaw, pitch, resolution),
+            per_image.append(compare_view(backbone_view(generator, identity, yaw, pitch, resolution),
                                           procedural_view(seed, yaw, pitch, resolution, generator.z_dim)))
             if progress is not None:
                 progress(len(per_image), len(seeds) * len(cameras))

@@ -132,9 +132,18 @@ def generator_metadata(path: Path) -> dict:
 def predict_rays(generator: TriPlaneGenerator, z: torch.Tensor, origins, directions, stochastic: bool,
                  update_w_avg: bool = False, max_rays_per_chunk: int | None = None) -> dict:
     """Composited colour (on the grey background), alpha and depth of rays (N, M, 3)."""
+    identity = synthesize_identity(generator, z, update_w_avg)
+    return render_rays(generator, identity, origins, directions, stochastic, max_rays_per_chunk)
+
+
+def synthesize_identity(generator: TriPlaneGenerator, z: torch.Tensor, update_w_avg: bool = False):
+    """z -> w -> planes, with the mapping conditioned on the frontal camera (zeroed anyway)."""
     c = generator.frontal_camera_label().to(z.device)[None].expand(z.shape[0], -1)
-    ws = generator.mapping(z, c, update_emas=update_w_avg)
-    identity = generator.synthesize(ws)
+    return generator.synthesize(generator.mapping(z, c, update_emas=update_w_avg))
+
+
+def render_rays(generator: TriPlaneGenerator, identity, origins, directions, stochastic: bool,
+                max_rays_per_chunk: int | None = None) -> dict:
     rendered = generator.renderer(identity.planes, generator.decoder, origins, directions,
                                   generator.rendering_kwargs, deterministic=not stochastic,
                                   return_samples=True, max_rays_per_chunk=max_rays_per_chunk)
@@ -247,6 +256,7 @@ def fit(request: FitRequest, progress: Callable[[FitProgress], None] | None = No
     device = torch.device(request.device)
     out = Path(request.out)
     run_start = time.monotonic()
+    first_step = state.step
     last_checkpoint = run_start
     stopped = False
     try:
@@ -255,6 +265,7 @@ def fit(request: FitRequest, progress: Callable[[FitProgress], None] | None = No
                 stopped = True
                 break
             step_start = time.monotonic()
+            set_learning_rate(state, run_fraction(request, state.step, first_step, run_start))
             losses = train_step(state, next_batch(state, device))
             state.train_seconds += time.monotonic() - step_start
             checkpointed = time.monotonic() - last_checkpoint >= state.settings.checkpoint_every_s
@@ -268,6 +279,25 @@ def fit(request: FitRequest, progress: Callable[[FitProgress], None] | None = No
         raise
     save_checkpoint(state, out)
     return FitResult(state.step, state.last_loss, state.train_seconds, stopped, out)
+
+
+def run_fraction(request: FitRequest, step: int, first_step: int, run_start: float) -> float:
+    """How far this run is towards its stopping point, 0..1 (the nearer of time and steps)."""
+    fractions = [0.0]
+    if request.minutes is not None:
+        fractions.append((time.monotonic() - run_start) / (request.minutes * 60))
+    if request.steps is not None:
+        fractions.append((step - first_step) / max(request.steps - first_step, 1))
+    return min(max(fractions), 1.0)
+
+
+def set_learning_rate(state: TrainingState, fraction: float) -> None:
+    settings = state.settings
+    ramp = (fraction - settings.decay_from) / max(1.0 - settings.decay_from, 1e-9)
+    ramp = min(max(ramp, 0.0), 1.0)
+    scale = 1.0 + ramp * (settings.final_lr_fraction - 1.0)
+    for group in state.optimizer.param_groups:
+        group["lr"] = settings.learning_rate * scale
 
 
 def _finished(state: TrainingState, request: FitRequest, run_start: float) -> bool:
