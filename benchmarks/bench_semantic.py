@@ -67,18 +67,25 @@ def make_backbone(args, device) -> Backbone:
     return Backbone(generator, args.config, f"random:{args.config}", device)
 
 
-def timed_ms(fn, device, repeats: int) -> float:
+def timed_ms(fn, device, repeats: int) -> tuple[float, float]:
+    """(median wall ms, median CPU ms of this process). CPU time is the steadier figure on a
+    shared machine: other processes stretch the wall time but not the work done."""
     fn()  # warm-up
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return 1000 * statistics.median(walls), 1000 * statistics.median(cpus)
+
+
+def show(name: str, times: tuple[float, float], note: str = "") -> None:
+    print(f"{name:<30}{times[0]:8.1f} ms wall {times[1]:8.1f} ms CPU  {note}")
 
 
 def striped_mask(resolution: int, num_classes: int, offset: int) -> np.ndarray:
@@ -96,6 +103,7 @@ def main() -> None:
     parser.add_argument("--min-weight", type=float, default=MIN_SAMPLE_WEIGHT)
     parser.add_argument("--samples-per-ray", type=int, default=SAMPLES_PER_RAY, help="0: every sample with weight")
     parser.add_argument("--views-per-step", type=int, default=2)
+    parser.add_argument("--crop", type=int, default=TrainingSettings.crop_size, help="training crop (0: whole views)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -128,25 +136,26 @@ def main() -> None:
     labels_ms = timed_ms(semantic_only, device, args.repeats)
     full_ms = timed_ms(lambda: labels_for_view(branch, G, identity, camera, args.resolution, **quadrature),
                        device, args.repeats)
-    print(f"encode (once per identity)   {encode_ms:8.1f} ms")
-    print(f"backbone render with samples {backbone_ms:8.1f} ms")
-    print(f"labels, reusing the render   {labels_ms:8.1f} ms   ({points_per_ray:.1f} decoder points per ray of {view.samples['depths'].shape[2]})")
-    print(f"labels_for_view from scratch {full_ms:8.1f} ms")
+    show("encode (once per identity)", encode_ms)
+    show("backbone render with samples", backbone_ms)
+    show("labels, reusing the render", labels_ms,
+         f"({points_per_ray:.1f} decoder points per ray of {view.samples['depths'].shape[2]})")
+    show("labels_for_view from scratch", full_ms)
 
     settings = TrainingSettings(views_per_step=args.views_per_step, min_sample_weight=args.min_weight,
-                                samples_per_ray=quadrature["samples_per_ray"])
+                                samples_per_ray=quadrature["samples_per_ray"], crop_size=args.crop or None)
     annotated = [AnnotatedView(seed, backbone.camera(yaw=yaw).label(), striped_mask(args.resolution, args.classes, i))
                  for i, (seed, yaw) in enumerate([(0, -30), (0, 30), (1, 0)])]
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     views, features = prepare_views(branch, backbone, annotated, settings)
-    prepare_ms = 1000 * (time.perf_counter() - start) / len(annotated)
+    prepare_ms = (1000 * (time.perf_counter() - wall) / len(annotated), 1000 * (time.process_time() - cpu) / len(annotated))
     optimizer = torch.optim.Adam(branch.parameters(), lr=settings.learning_rate)
     branch.train()
     step_counter = iter(range(10 ** 6))
     step_ms = timed_ms(lambda: training_step(branch, views, features, optimizer, settings, next(step_counter)),
                        device, args.repeats)
-    print(f"prepare one annotation       {prepare_ms:8.1f} ms   (backbone, once per annotation)")
-    print(f"train step ({args.views_per_step} views)          {step_ms:8.1f} ms")
+    show("prepare one annotation", prepare_ms, "(backbone, once per annotation)")
+    show(f"train step ({args.views_per_step} views)", step_ms, f"(crops of {settings.crop_size}²)")
 
 
 if __name__ == "__main__":
