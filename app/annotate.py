@@ -6,11 +6,11 @@ result. Each (identity, view) has its own editor, so undo history survives flipp
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtCore import QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QButtonGroup, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
                                QHeaderView, QLabel, QPushButton, QSlider, QSpinBox,
@@ -30,6 +30,7 @@ VIEW_PRESETS = {"Frontal": (0.0, 0.0), "Left": (-30.0, 0.0), "Right": (30.0, 0.0
 DEFAULT_ANNOTATION_RESOLUTION = 128
 ANNOTATION_TRUNCATION = 1.0  # painted identities are the generator's own samples, untruncated
 MAX_BRUSH = 64
+SAVE_POLL_MS = 100  # how soon the counters show a finished write
 EDITOR_CACHE = 32  # views whose undo history is kept while flipping between them
 
 
@@ -75,8 +76,6 @@ class AnnotateWorkspace(QWidget):
     error = Signal(str)
     busy_changed = Signal(bool)
     status_message = Signal(str)
-    _saved = Signal(object, int, object)  # from the autosave thread: key, annotation id, counts
-    _save_failed = Signal(object, object)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -98,8 +97,11 @@ class AnnotateWorkspace(QWidget):
         self.renderer.frame_ready.connect(self._show_frame)
         self.renderer.error.connect(self.error)
         self.renderer.busy_changed.connect(self.busy_changed)
-        self._saved.connect(self._on_saved)
-        self._save_failed.connect(self._on_save_failed)
+        # The autosaver's plain Python thread only appends to this deque; the GUI thread drains
+        # it on a timer. Emitting Qt signals from non-Qt threads is what we avoid here.
+        self._save_events: deque = deque()
+        self._save_poll = QTimer(self, interval=SAVE_POLL_MS)
+        self._save_poll.timeout.connect(self._drain_save_events)
         self._build()
         self._make_shortcuts()
 
@@ -114,8 +116,11 @@ class AnnotateWorkspace(QWidget):
             return
         self.project = project
         self.resolution = int(project.settings.get("annotation_resolution", DEFAULT_ANNOTATION_RESOLUTION))
-        self.autosaver = AnnotationAutosaver(project, on_saved=self._saved.emit,
-                                             on_error=self._save_failed.emit)
+        self.autosaver = AnnotationAutosaver(
+            project,
+            on_saved=lambda key, annotation_id, counts: self._save_events.append(("saved", annotation_id, counts)),
+            on_error=lambda key, error: self._save_events.append(("failed", key, error)))
+        self._save_poll.start()
         self._stored_counts = {meta.id: meta.pixel_counts for meta in project.annotations(problems=[])}
         self._apply_label_set()
         self._pages.setCurrentIndex(1)
@@ -127,6 +132,8 @@ class AnnotateWorkspace(QWidget):
         self.flush()
         if self.autosaver is not None:
             self.autosaver.close()
+            self._save_poll.stop()
+            self._drain_save_events()  # a failed last write still gets reported
         self.autosaver, self.project, self.editor, self.key = None, None, None, None
         self._editors.clear()
         self.renderer.set_backbone(None)
@@ -302,12 +309,17 @@ class AnnotateWorkspace(QWidget):
         self._redo_button.setEnabled(self.editor.can_redo)
 
     # ================================================================== autosave events
-    def _on_saved(self, key: ViewKey, annotation_id: int, counts: dict) -> None:
-        self._stored_counts[annotation_id] = counts
-        self._refresh_counts()
-
-    def _on_save_failed(self, key: ViewKey, error: BaseException) -> None:
-        self.error.emit(f"Could not save the annotation: {error}")
+    def _drain_save_events(self) -> None:
+        changed = False
+        while self._save_events:
+            kind, subject, detail = self._save_events.popleft()
+            if kind == "saved":
+                self._stored_counts[subject] = detail
+                changed = True
+            else:
+                self.error.emit(f"Could not save the annotation: {detail}")
+        if changed:
+            self._refresh_counts()
 
     # ================================================================== drawing
     def _refresh_overlay(self) -> None:
