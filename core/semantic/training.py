@@ -120,6 +120,37 @@ class _RunningMean:
         return self.total / self.weight if self.weight else math.nan
 
 
+@dataclass
+class _Run:
+    """What one call of train_semantic carries from step to step."""
+
+    branch: SemanticBranch
+    optimizer: torch.optim.Optimizer
+    backbone: object
+    settings: TrainingSettings
+    report: Callable[[TrainingProgress], None]
+    checkpoint_dir: Path | None
+    total_steps: int
+    started: float = field(default_factory=time.monotonic)
+    loss: _RunningMean = field(default_factory=_RunningMean)
+    accuracy: _RunningMean = field(default_factory=_RunningMean)
+
+    def progress(self, phase: str, step: int, **details) -> TrainingProgress:
+        return TrainingProgress(phase, step, self.total_steps, self.loss.value, self.accuracy.value,
+                                time.monotonic() - self.started, **details)
+
+    def save(self, step: int) -> Path:
+        path = Path(self.checkpoint_dir) / checkpoint_name(step)
+        metrics = {"train_loss": self.loss.value, "train_pixel_accuracy": self.accuracy.value,
+                   "elapsed_s": time.monotonic() - self.started}
+        save_branch(self.branch, path, self.backbone.content_hash, step=step, loss=self.loss.value,
+                    metrics=_finite(metrics), settings=asdict(self.settings), optimizer=self.optimizer)
+        for _, old in list_checkpoints(self.checkpoint_dir)[: -max(1, self.settings.keep_checkpoints)]:
+            old.unlink(missing_ok=True)
+        self.report(self.progress("checkpoint", step, message=f"saved {path.name}", checkpoint=path))
+        return path
+
+
 # ---------------------------------------------------------------------------- the loop
 def train_semantic(
     branch: SemanticBranch,
@@ -142,38 +173,38 @@ def train_semantic(
     checkpoint as it was (every write is atomic).
     """
     settings = settings or TrainingSettings()
-    report = progress or (lambda _: None)
-    started = time.monotonic()
     branch.to(backbone.device)
     optimizer = torch.optim.Adam(branch.parameters(), lr=settings.learning_rate)
-    step, checkpoint = _start_step(branch, optimizer, backbone, checkpoint_dir, resume, report, steps)
-    loss_mean, accuracy_mean, history, stopped = _RunningMean(), _RunningMean(), [], False
+    run = _Run(branch, optimizer, backbone, settings, progress or (lambda _: None), checkpoint_dir, steps)
+    step, checkpoint = _start_step(run, resume)
     if step >= steps:  # a resumed run that is already done
         branch.eval()
-        return TrainingResult(step, loss_mean.value, accuracy_mean.value, checkpoint, stopped, history)
-    views, identity_features = prepare_views(branch, backbone, samples, settings, report, steps)
-
-    branch.train()
-    while step < steps:
-        if should_stop is not None and should_stop():
-            stopped = True
-            break
-        loss, accuracy = training_step(branch, views, identity_features, optimizer, settings, step)
-        step += 1
-        history.append((step, loss))
-        loss_mean.update(loss)
-        accuracy_mean.update(accuracy)
-        report(TrainingProgress("training", step, steps, loss_mean.value, accuracy_mean.value,
-                                time.monotonic() - started))
-        if checkpoint_dir is not None and step % settings.checkpoint_every == 0 and step < steps:
-            checkpoint = _write_checkpoint(branch, optimizer, backbone, checkpoint_dir, step, loss_mean,
-                                           accuracy_mean, settings, report, started, steps)
+        return TrainingResult(step, math.nan, math.nan, checkpoint, False, [])
+    views, identity_features = prepare_views(branch, backbone, samples, settings, run.report, steps)
+    step, checkpoint, stopped, history = _train_steps(run, views, identity_features, step, checkpoint, should_stop)
     branch.eval()
     branch.clear_cache()
     if checkpoint_dir is not None and (checkpoint is None or checkpoint.name != checkpoint_name(step)):
-        checkpoint = _write_checkpoint(branch, optimizer, backbone, checkpoint_dir, step, loss_mean,
-                                       accuracy_mean, settings, report, started, steps)
-    return TrainingResult(step, loss_mean.value, accuracy_mean.value, checkpoint, stopped, history)
+        checkpoint = run.save(step)
+    return TrainingResult(step, run.loss.value, run.accuracy.value, checkpoint, stopped, history)
+
+
+def _train_steps(run: _Run, views, identity_features, step: int, checkpoint, should_stop):
+    """Optimiser steps until the total is reached or a stop is asked for."""
+    history = []
+    run.branch.train()
+    while step < run.total_steps:
+        if should_stop is not None and should_stop():
+            return step, checkpoint, True, history
+        loss, accuracy = training_step(run.branch, views, identity_features, run.optimizer, run.settings, step)
+        step += 1
+        history.append((step, loss))
+        run.loss.update(loss)
+        run.accuracy.update(accuracy)
+        run.report(run.progress("training", step))
+        if run.checkpoint_dir is not None and step % run.settings.checkpoint_every == 0 and step < run.total_steps:
+            checkpoint = run.save(step)
+    return step, checkpoint, False, history
 
 
 def training_step(branch, views, identity_features, optimizer, settings, step: int):
@@ -312,27 +343,27 @@ def _name(item: AnnotatedView, index: int | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def _start_step(branch, optimizer, backbone, checkpoint_dir, resume, report, steps) -> tuple[int, Path | None]:
+def _start_step(run: _Run, resume: bool) -> tuple[int, Path | None]:
     """(0, None) for a fresh run; for resume, the newest readable checkpoint's (step, path), loaded."""
-    existing = list_checkpoints(checkpoint_dir) if checkpoint_dir is not None else []
+    existing = list_checkpoints(run.checkpoint_dir) if run.checkpoint_dir is not None else []
     if not resume:
         if existing:
             raise FileExistsError(
-                f"{checkpoint_dir} already holds training checkpoints (newest: step {existing[-1][0]}); "
+                f"{run.checkpoint_dir} already holds training checkpoints (newest: step {existing[-1][0]}); "
                 "resume from them or remove them with clear_checkpoints() first"
             )
         return 0, None
     for step, path in reversed(existing):
         try:
-            loaded, document, optimizer_state = load_branch_for_training(path, device=backbone.device)
+            loaded, document, optimizer_state = load_branch_for_training(path, device=run.backbone.device)
         except CorruptCheckpointError as error:
-            report(TrainingProgress("preparing", 0, steps, message=f"skipped unreadable checkpoint: {error}"))
+            run.report(run.progress("preparing", 0, message=f"skipped unreadable checkpoint: {error}"))
             continue
-        check_backbone_hash(document, backbone.content_hash)
-        _adopt(branch, optimizer, loaded, optimizer_state, path)
-        report(TrainingProgress("preparing", step, steps, message=f"resumed from {path.name}", checkpoint=path))
+        check_backbone_hash(document, run.backbone.content_hash)
+        _adopt(run.branch, run.optimizer, loaded, optimizer_state, path)
+        run.report(run.progress("preparing", step, message=f"resumed from {path.name}", checkpoint=path))
         return step, path
-    report(TrainingProgress("preparing", 0, steps, message="no checkpoint to resume from; starting afresh"))
+    run.report(run.progress("preparing", 0, message="no checkpoint to resume from; starting afresh"))
     return 0, None
 
 
@@ -343,21 +374,6 @@ def _adopt(branch, optimizer, loaded, optimizer_state, path) -> None:
     branch.load_state_dict(loaded.state_dict())
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
-
-
-def _write_checkpoint(branch, optimizer, backbone, directory, step, loss_mean, accuracy_mean, settings, report,
-                      started, steps) -> Path:
-    directory = Path(directory)
-    path = directory / checkpoint_name(step)
-    metrics = {"train_loss": loss_mean.value, "train_pixel_accuracy": accuracy_mean.value,
-               "elapsed_s": time.monotonic() - started}
-    save_branch(branch, path, backbone.content_hash, step=step, loss=loss_mean.value,
-                metrics=_finite(metrics), settings=asdict(settings), optimizer=optimizer)
-    for _, old in list_checkpoints(directory)[: -max(1, settings.keep_checkpoints)]:
-        old.unlink(missing_ok=True)
-    report(TrainingProgress("checkpoint", step, steps, loss_mean.value, accuracy_mean.value,
-                            time.monotonic() - started, message=f"saved {path.name}", checkpoint=path))
-    return path
 
 
 def _finite(metrics: dict) -> dict:
