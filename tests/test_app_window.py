@@ -111,3 +111,55 @@ def test_uncaught_exceptions_become_message_boxes(window, messages, monkeypatch)
 def test_main_py_help_still_runs_the_command_line():
     result = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "render" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone_file(tmp_path_factory):
+    from core.checkpoint.studio_format import save_generator
+
+    path = tmp_path_factory.mktemp("backbone") / "tiny.safetensors"
+    save_generator(tiny_backbone().generator, path)
+    return path
+
+
+def test_new_project_dialog_validates_and_edits_labels(qtbot, tmp_path, tiny_backbone_file):
+    from app.dialogs import NewProjectDialog
+
+    dialog = NewProjectDialog()
+    qtbot.addWidget(dialog)
+    dialog.accept()  # no folder yet: stays open and says why
+    assert dialog.choice is None and "folder" in dialog._problem.text()
+    dialog._folder.setText(str(tmp_path / "new"))
+    dialog._file_backbone.setChecked(True)
+    dialog._backbone_path.setText(str(tiny_backbone_file))
+    dialog._labels._table.item(1, 1).setText("skull")
+    dialog._resolution.setValue(64)
+    dialog.accept()
+    choice = dialog.choice
+    assert choice.backbone == str(tiny_backbone_file) and choice.settings == {"annotation_resolution": 64}
+    assert choice.label_set.by_id(1).name == "skull"
+
+
+def test_create_then_reopen_a_project_from_the_window(window, tmp_path, tiny_backbone_file, qtbot, messages):
+    from app.dialogs import NewProjectChoice
+    from core.project import default_label_set
+
+    folder = tmp_path / "made"
+    choice = NewProjectChoice(folder, str(tiny_backbone_file), default_label_set(), {"annotation_resolution": 32})
+    window.create_project(choice)
+    qtbot.waitUntil(lambda: window.project is not None, timeout=20000)
+    assert window.tabs.currentWidget() is window.annotate and not messages
+    window.annotate.apply_stroke([(4.5, 4.5), (12.5, 4.5)], label=3)
+    painted = window.annotate.editor.mask.copy()
+    window.close_project()
+    window.open_project(folder)
+    qtbot.waitUntil(lambda: window.project is not None, timeout=20000)
+    assert window.annotate.editor.mask.tobytes() == painted.tobytes()
+    assert window.recent_projects()[0] == str(folder.resolve())
+
+
+def test_a_project_open_elsewhere_is_refused_with_a_message(window, tmp_path, messages):
+    backbone = tiny_backbone()
+    with tiny_project(tmp_path / "busy", backbone):  # holds the writer lock
+        window.open_project(tmp_path / "busy")
+    assert "open for writing by" in messages[-1][1]
