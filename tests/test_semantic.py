@@ -9,7 +9,7 @@ from core.backbone import Backbone, seed_to_z
 from core.camera import Camera
 from core.checkpoint.errors import CheckpointError, CorruptCheckpointError, ForeignCheckpointError
 from core.checkpoint.studio_format import save_generator
-from core.generator.configs import tiny_config
+from core.generator.configs import official_config, tiny_config
 from core.generator.triplane import TriPlaneGenerator
 from core.semantic import SemanticBranch, labels_for_view, view_prior
 from core.semantic.branch import upsample_to
@@ -94,6 +94,20 @@ def test_semantic_triplane_uses_every_block_or_only_the_last(G):
         assert not torch.allclose(multiscale.triplane(changed), planes), f"block {res} is not used"
         unchanged_in_ablation = torch.allclose(last_only.triplane(changed), last_only.triplane(identity.block_features))
         assert unchanged_in_ablation == (res != resolutions[-1])
+
+
+def test_official_eg3d_shapes_fit_in_a_small_semantic_triplane():
+    init_kwargs, _ = official_config("ffhq512")
+    block_channels = {res: min(init_kwargs["channel_base"] // res, init_kwargs["channel_max"])
+                      for res in (4, 8, 16, 32, 64, 128, 256)}
+    branch = SemanticBranch(block_channels, 256, num_classes=12)
+    assert sum(block_channels.values()) == 2944  # what the paper's concatenation would hold at 256²
+    with torch.no_grad():
+        planes = branch.triplane({res: torch.randn(1, c, res, res) for res, c in block_channels.items()})
+    assert planes.shape == (1, 3, 32, 256, 256)
+    logits = branch.superresolution(torch.randn(1, 32, 16, 16), torch.randn(1, 12, 16, 16), torch.rand(1, 1, 16, 16),
+                                    torch.randn(1, 3, 64, 64), 64)
+    assert logits.shape == (1, 12, 64, 64)  # 4× semantic super-resolution, as 128² → 512² on EG3D
 
 
 def test_projection_before_upsampling_equals_the_papers_order(G):
