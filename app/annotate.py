@@ -30,6 +30,19 @@ VIEW_PRESETS = {"Frontal": (0.0, 0.0), "Left": (-30.0, 0.0), "Right": (30.0, 0.0
 DEFAULT_ANNOTATION_RESOLUTION = 128
 ANNOTATION_TRUNCATION = 1.0  # painted identities are the generator's own samples, untruncated
 MAX_BRUSH = 64
+SHORTCUTS_HELP = """Annotate
+  B / E / F / I      paint, erase, fill, pick
+  0–9                select a label (0 = background)
+  [  ]               brush smaller / larger
+  Ctrl+Z             undo the last stroke
+  Ctrl+Shift+Z, Ctrl+Y   redo
+  N, PageDown        next identity
+  P, PageUp          previous identity
+  Ctrl+S             make sure everything is on disk (it is saved after every stroke anyway)
+  Mouse              left: tool · middle drag: pan · wheel or right drag: zoom
+
+Orbit
+  Mouse              left drag: orbit · wheel: zoom (field of view)"""
 SAVE_POLL_MS = 100  # how soon the counters show a finished write
 EDITOR_CACHE = 32  # views whose undo history is kept while flipping between them
 
@@ -192,7 +205,8 @@ class AnnotateWorkspace(QWidget):
             self._stale = True  # a hidden tab leaves the CPU to the visible one; drawn when shown
             return
         self._stale = False
-        self.renderer.request(self._current_request)
+        # Coarse first, refined once the user stops flipping through identities and views.
+        self.renderer.request(self._current_request, interactive=True)
 
     def showEvent(self, event) -> None:
         super().showEvent(event)

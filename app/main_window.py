@@ -15,7 +15,7 @@ from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMenu, QMessageBox, QTabWidget,
                                QWidget)
 
-from app.annotate import AnnotateWorkspace
+from app.annotate import SHORTCUTS_HELP, AnnotateWorkspace
 from app.dialogs import LabelSetDialog, NewProjectChoice, NewProjectDialog, choose_backbone_file
 from app.errors import show_error
 from app.orbit import OrbitWorkspace
@@ -106,6 +106,7 @@ class MainWindow(QMainWindow):
         if self.project is None:
             return
         dialog = LabelSetDialog(self.project.label_set, self)
+        dialog.deleteLater()  # after this handler returns
         if dialog.exec() != LabelSetDialog.Accepted:
             return
         try:
@@ -157,6 +158,7 @@ class MainWindow(QMainWindow):
         box.setInformativeText("You can open an EG3D network pickle or a studio .safetensors backbone instead.")
         open_button = box.addButton("Open Backbone…", QMessageBox.AcceptRole)
         box.addButton("Not now", QMessageBox.RejectRole)
+        box.deleteLater()
         box.exec()
         if box.clickedButton() is open_button:
             self._choose_backbone()
@@ -184,6 +186,7 @@ class MainWindow(QMainWindow):
     # ================================================================== menu handlers
     def _new_project(self) -> None:
         dialog = NewProjectDialog(self)
+        dialog.deleteLater()  # after this handler returns
         if dialog.exec() == NewProjectDialog.Accepted:
             self.create_project(dialog.choice)
 
@@ -240,6 +243,14 @@ class MainWindow(QMainWindow):
         self._add_action(file_menu, "&Quit", self.close, QKeySequence.Quit)
         project_menu = self.menuBar().addMenu("&Project")
         self._add_action(project_menu, "Edit &Labels…", self.edit_labels)
+        help_menu = self.menuBar().addMenu("&Help")
+        self._add_action(help_menu, "Keyboard &Shortcuts", self.show_shortcuts, QKeySequence("F1"))
+
+    def show_shortcuts(self) -> None:
+        box = QMessageBox(QMessageBox.Information, "Keyboard shortcuts", SHORTCUTS_HELP, parent=self)
+        box.setStyleSheet("QLabel { font-family: monospace; }")
+        box.deleteLater()
+        box.exec()
 
     def _add_action(self, menu: QMenu, text: str, handler, shortcut=None) -> QAction:
         action = QAction(text, self)

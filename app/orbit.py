@@ -71,7 +71,7 @@ class OrbitWorkspace(QWidget):
         self.backbone = backbone
         self.renderer.set_backbone(backbone)
         self._pages.setCurrentIndex(1 if backbone is not None else 0)
-        self.refresh()
+        self.refresh(interactive=True)  # a coarse first frame appears sooner
 
     def clear_session(self) -> None:
         self.set_session(None)

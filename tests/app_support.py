@@ -1,11 +1,13 @@
 """Shared pieces of the GUI tests: a tiny random backbone and a project painted on it."""
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before any Qt import: no display in CI
 
+import pytest
 import torch
 from PySide6.QtCore import QSettings
 
@@ -34,3 +36,19 @@ def tiny_project(folder: Path, backbone: Backbone) -> Project:
 def isolated_settings(folder: Path) -> QSettings:
     """Recent projects go to a file under the test's tmp folder, never the user's settings."""
     return QSettings(str(folder / "studio.ini"), QSettings.IniFormat)
+
+
+@pytest.fixture(autouse=True)
+def gui_thread_garbage_collection():
+    """Collect cyclic garbage only on the GUI thread during a GUI test.
+
+    Otherwise the collector may run inside a render or autosave thread, free a Qt object there,
+    and crash the test process at random (the studio itself uses pyqtgraph's GarbageCollector).
+    Import this fixture into each GUI test module; being autouse, it then applies to all its tests.
+    """
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()

@@ -1,7 +1,7 @@
 """The Annotate workspace, offscreen, on a tiny random backbone."""
 import numpy as np
 import pytest
-from app_support import MASK_SIZE, tiny_backbone, tiny_project
+from app_support import gui_thread_garbage_collection, MASK_SIZE, tiny_backbone, tiny_project  # noqa: F401 (autouse fixture)
 from PySide6.QtCore import QPoint, Qt
 
 from app.annotate import AnnotateWorkspace

@@ -20,7 +20,8 @@ BRUSH = 3
 # The child paints through the Annotate workspace, exactly as a drag would, then starts a fourth
 # stroke and leaves it unfinished; it says "committed" only after the saver reports the writes.
 CHILD = textwrap.dedent(f"""
-    import sys, time
+    import gc, sys, time
+    gc.disable()  # no collection inside the render or autosave thread (see app_support)
     sys.path.insert(0, {str(TESTS)!r})
     from app_support import tiny_backbone, tiny_project
     from PySide6.QtWidgets import QApplication

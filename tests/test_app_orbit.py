@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 import pytest
-from app_support import FAST_NEURAL_RESOLUTION, tiny_backbone
+from app_support import gui_thread_garbage_collection, FAST_NEURAL_RESOLUTION, tiny_backbone  # noqa: F401 (autouse fixture)
 
 from app.orbit import NEEDS_SEMANTIC_BRANCH, OrbitWorkspace
 from app.rendering import Frame, ViewRequest

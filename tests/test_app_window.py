@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from app_support import isolated_settings, tiny_backbone, tiny_project
+from app_support import gui_thread_garbage_collection, isolated_settings, tiny_backbone, tiny_project  # noqa: F401 (autouse fixture)
 from PySide6.QtWidgets import QMessageBox
 
 import app.main_window as main_window_module
@@ -163,3 +163,9 @@ def test_a_project_open_elsewhere_is_refused_with_a_message(window, tmp_path, me
     with tiny_project(tmp_path / "busy", backbone):  # holds the writer lock
         window.open_project(tmp_path / "busy")
     assert "open for writing by" in messages[-1][1]
+
+
+def test_shortcuts_are_listed_under_help(window, messages):
+    window.show_shortcuts()
+    title, text = messages[-1]
+    assert title == "Keyboard shortcuts" and "Ctrl+Shift+Z" in text and "PageDown" in text
