@@ -28,13 +28,13 @@ def test_render_official_config_with_random_weights(tmp_path):
 
 def test_render_depth_mode_and_size(tmp_path):
     out = tmp_path / "d.png"
-    args = ["render", "--config", "shapenet128", "--random-init", "--mode", "depth", "--size", "32", "--out", str(out)]
+    args = ["render", "--config", "shapenet128", "--random-init", "--mode", "depth", "--size", "32", "--neural-resolution", "32", "--out", str(out)]
     assert main(args) == 0
     assert read_rgb(out).shape == (32, 32, 3)
 
 
 def test_same_seed_and_view_give_identical_files(tmp_path):
-    args = ["render", "--config", "shapenet128", "--random-init", "--seed", "4", "--yaw", "-40"]
+    args = ["render", "--config", "shapenet128", "--random-init", "--seed", "4", "--yaw", "-40", "--neural-resolution", "32"]
     main(args + ["--out", str(tmp_path / "a.png")])
     main(args + ["--out", str(tmp_path / "b.png")])
     assert np.array_equal(read_rgb(tmp_path / "a.png"), read_rgb(tmp_path / "b.png"))
