@@ -60,8 +60,10 @@ class PriorSamples:
 class DenseSamples:
     """All of a view's samples, for a branch that predicts its own σ (density prior off)."""
 
-    grids: torch.Tensor  # (N, 3, M, S, 2) plane coordinates of every sample
-    depths: torch.Tensor  # (N, M, S)
+    origins: torch.Tensor  # (N, M, 3)
+    directions: torch.Tensor  # (N, M, 3)
+    depths: torch.Tensor  # (N, M, S); the points are made per render: (N, M, S, 3) would be large
+    box_warp: float
 
 
 @dataclass
@@ -180,9 +182,7 @@ def view_prior(
     if density_prior:
         samples = prior_samples(view, origins, directions, box_warp, min_weight, samples_per_ray)
     else:
-        depths = view.samples["depths"]
-        points = origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)  # (N, M, S, 3)
-        samples = DenseSamples(torch.stack([plane_grid(p, box_warp) for p in points]), depths[..., 0])
+        samples = DenseSamples(origins, directions, view.samples["depths"][..., 0], box_warp)
     return ViewPrior(samples, view.image, neural_resolution), view
 
 
@@ -202,7 +202,8 @@ def crop_prior(prior: ViewPrior, top: int, left: int, size: int, output_resoluti
 
 def _crop_samples(samples, inside: torch.Tensor, num_rays: int):
     if isinstance(samples, DenseSamples):
-        return DenseSamples(samples.grids[:, :, inside], samples.depths[:, inside])
+        return DenseSamples(samples.origins[:, inside], samples.directions[:, inside], samples.depths[:, inside],
+                            samples.box_warp)
     # Renumber the rays: position in the crop, or -1 outside it.
     renumber = torch.full((num_rays,), -1, dtype=torch.long, device=inside.device)
     renumber[inside] = torch.arange(len(inside), device=inside.device)
@@ -248,9 +249,10 @@ def _composite_with_prior(branch, planes, samples: PriorSamples):
 def _composite_with_own_density(branch, planes, samples: DenseSamples):
     """As _composite_with_prior, with weights from the branch's own σ at the same samples."""
     n, m, s = samples.depths.shape
+    points = samples.origins.unsqueeze(-2) + samples.depths.unsqueeze(-1) * samples.directions.unsqueeze(-2)
     features, sigma = [], []
-    for item_planes, grid in zip(planes, samples.grids):
-        decoded = branch.decode_grid(item_planes, grid.reshape(3, m * s, 2))
+    for item_planes, item_points in zip(planes, points):
+        decoded = branch.decode_grid(item_planes, plane_grid(item_points, samples.box_warp).reshape(3, m * s, 2))
         features.append(decoded["features"].view(-1, m, s))
         sigma.append(decoded["sigma"].view(m, s))
     features, sigma = torch.stack(features), torch.stack(sigma)  # (N, F, M, S), (N, M, S)
