@@ -258,8 +258,8 @@ class SemanticBranch(nn.Module):
         """The cached semantic tri-plane of `identity`, computed once per identity and weights.
 
         The cache entry is keyed by the identity object and checked against the parameters'
-        version counters, which every in-place update (optimiser step, load_state_dict) bumps,
-        so a trained-on branch never serves planes from older weights.
+        storage and version counters, which every in-place update (optimiser step,
+        load_state_dict) bumps, so a trained-on or moved branch never serves stale planes.
         """
         if isinstance(identity, SemanticIdentity):
             return identity
@@ -280,7 +280,8 @@ class SemanticBranch(nn.Module):
         self._cache.clear()
 
     def _weights_version(self) -> tuple:
-        return tuple(p._version for p in self.parameters())
+        # In-place updates bump a tensor's version; .to(device) or new tensors change its storage.
+        return tuple((p.data_ptr(), p._version) for p in self.parameters())
 
     # -------------------------------------------------------------- points
     def decode_grid(self, planes: torch.Tensor, grid: torch.Tensor) -> dict:
