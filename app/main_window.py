@@ -8,6 +8,7 @@ in a message box that says what went wrong.
 from __future__ import annotations
 
 import time
+import traceback
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt
@@ -176,7 +177,12 @@ class MainWindow(QMainWindow):
 
         thread = run_in_background(function, succeeded, failed, self)
         self._tasks.add(thread)
-        thread.finished.connect(lambda: self._tasks.discard(thread))
+        thread.finished.connect(lambda: self._forget_task(thread))
+
+    def _forget_task(self, thread) -> None:
+        # Deleted only once it has left the set, so closeEvent never waits on a deleted thread.
+        self._tasks.discard(thread)
+        thread.deleteLater()
 
     def _remember(self, folder: Path) -> None:
         folder = str(Path(folder).resolve())
@@ -291,6 +297,13 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(title)
 
     def closeEvent(self, event) -> None:
+        try:
+            self._shut_down()
+        except Exception:  # an exception escaping a Qt override can take PySide down with it
+            traceback.print_exc()
+        super().closeEvent(event)
+
+    def _shut_down(self) -> None:
         for workspace in self.workspaces.values():
             workspace.shutdown()  # Annotate writes its pending masks first
         if self.project is not None:
@@ -298,4 +311,3 @@ class MainWindow(QMainWindow):
             self.project = None
         for thread in list(self._tasks):
             thread.wait()  # a backbone still loading must finish before its QThread is destroyed
-        super().closeEvent(event)

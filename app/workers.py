@@ -202,11 +202,11 @@ def run_in_background(function: Callable[[], Any], on_success: Callable[[Any], N
                       on_failure: Callable[[BaseException], None], parent: QObject) -> QThread:
     """Run a one-off task (loading a backbone, say) off the GUI thread; callbacks run on it.
 
-    The thread is parented to `parent`, which keeps it alive until it finishes.
+    The thread is parented to `parent`, which keeps it alive; the caller deletes it (deleteLater)
+    once `finished` has arrived, and must wait() for it before `parent` goes away.
     """
     thread = _TaskThread(function, parent)
     thread.succeeded.connect(on_success)
     thread.failed.connect(on_failure)
-    thread.finished.connect(thread.deleteLater)
     thread.start()
     return thread

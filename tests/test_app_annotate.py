@@ -17,12 +17,11 @@ def backbone():
 def workspace(qtbot, tmp_path, backbone):
     project = tiny_project(tmp_path / "proj", backbone)
     workspace = AnnotateWorkspace()
-    qtbot.addWidget(workspace)
+    qtbot.addWidget(workspace, before_close_func=lambda w: w.shutdown())
     workspace.resize(900, 700)
     workspace.show()
     workspace.set_session(backbone, project)
-    yield workspace
-    workspace.shutdown()
+    yield workspace  # qtbot shuts it down (threads, autosave) before closing it
     project.close()
 
 
@@ -97,20 +96,19 @@ def test_reopening_the_project_shows_the_work(qtbot, backbone, workspace):
     workspace.clear_session()  # what closing the project does: write what is pending
     project.close()
     reopened = AnnotateWorkspace()
-    qtbot.addWidget(reopened)
+    qtbot.addWidget(reopened, before_close_func=lambda w: w.shutdown())
     with Project.open(project.folder, writable=True) as again:
         reopened.set_session(backbone, again)
         assert reopened.editor.mask.tobytes() == painted.tobytes()
         assert reopened.autosaver.annotation_id(reopened.key) == 0
-        reopened.shutdown()
+        reopened.clear_session()  # before the project closes: pending writes go first
 
 
 def test_a_read_only_project_shows_a_note_instead_of_a_canvas(qtbot, backbone, workspace):
     reader = AnnotateWorkspace()
-    qtbot.addWidget(reader)
+    qtbot.addWidget(reader, before_close_func=lambda w: w.shutdown())
     reader.set_session(backbone, Project.open(workspace.project.folder))
     assert reader.editor is None and reader._pages.currentIndex() == 0
-    reader.shutdown()
 
 
 def test_shortcuts_select_labels_tools_and_brush(workspace, qtbot):

@@ -105,13 +105,12 @@ def test_render_errors_are_reported_not_raised(qtbot):
 @pytest.fixture
 def orbit(qtbot):
     workspace = OrbitWorkspace()
-    qtbot.addWidget(workspace)
+    qtbot.addWidget(workspace, before_close_func=lambda w: w.shutdown())
     workspace.resize(800, 600)
     workspace.show()
     workspace.set_session(tiny_backbone())
     qtbot.waitUntil(lambda: workspace.last_frame is not None, timeout=20000)
-    yield workspace
-    workspace.shutdown()
+    return workspace  # qtbot shuts it down before closing it
 
 
 def test_orbit_drag_zoom_seed_and_depth_with_a_real_backbone(orbit, qtbot):

@@ -29,8 +29,7 @@ def window(qtbot, tmp_path, messages):
     window = MainWindow(settings=isolated_settings(tmp_path), device="cpu")
     qtbot.addWidget(window)
     window.show()
-    yield window
-    window.close()
+    return window  # qtbot closes it after the test (closeEvent shuts the workers down)
 
 
 def test_status_bar_tabs_and_plain_edit_placeholder(window):
