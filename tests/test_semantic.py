@@ -315,3 +315,21 @@ def test_bad_masks_name_the_annotation():
         validate_mask(AnnotatedView(0, Camera().label(), good[:8], source="a8"), NUM_CLASSES)
     unpainted = np.full_like(good, IGNORE_LABEL)
     assert (validate_mask(AnnotatedView(0, Camera().label(), unpainted), NUM_CLASSES) == IGNORE_LABEL).all()
+
+
+def test_a_projects_annotations_train_the_branch(backbone, tmp_path):
+    from core.project import BackboneRef, IdentityRef, Project
+    from core.semantic.annotations import annotated_views
+
+    with Project.create(tmp_path / "project", BackboneRef("default", "hash-of-tiny")) as project:
+        for item in annotations():
+            project.add_annotation(IdentityRef(seed=item.identity), Camera.from_label(item.camera_label), item.mask)
+        np.save(tmp_path / "project" / "broken.npy", np.full((1, 3, 4), np.nan))
+        project.add_annotation(IdentityRef(w_file="broken.npy"), Camera(), striped_mask(0))
+        problems = []
+        views = annotated_views(project, problems)
+    assert len(views) == 3 and len(problems) == 1 and "0003.png" in str(problems[0])
+    assert views[0].identity == 0 and views[0].source.endswith("0000.png")
+    assert np.array_equal(views[1].mask, striped_mask(2))
+    result = train_semantic(new_branch(backbone.generator), backbone, views, steps=2, settings=FAST)
+    assert result.step == 2

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.backbone import EG3D_DEFAULT_TRUNCATION_CUTOFF
 from core.checkpoint.errors import CorruptCheckpointError
 from core.semantic.branch import SemanticBranch
 from core.semantic.checkpoint import (
@@ -52,6 +53,7 @@ class AnnotatedView:
     camera_label: torch.Tensor  # (25,) EG3D camera label
     mask: np.ndarray  # (H, H) label ids; IGNORE_LABEL where nothing was painted
     truncation_psi: float = 1.0
+    truncation_cutoff: int | None = EG3D_DEFAULT_TRUNCATION_CUTOFF
     source: str = ""  # where it came from (an annotation file), for error messages
 
 
@@ -317,14 +319,14 @@ def validate_mask(item: AnnotatedView, num_classes: int) -> torch.Tensor:
 
 def identity_key(item: AnnotatedView) -> tuple:
     if isinstance(item.identity, (int, np.integer)):
-        return ("seed", int(item.identity), float(item.truncation_psi))
+        return ("seed", int(item.identity), float(item.truncation_psi), item.truncation_cutoff)
     ws = torch.as_tensor(item.identity).detach().to("cpu", torch.float32).contiguous()
     return ("ws", hashlib.sha256(ws.numpy().tobytes()).hexdigest())
 
 
 def _identity(backbone, item: AnnotatedView):
     if isinstance(item.identity, (int, np.integer)):
-        return backbone.identity_from_seed(int(item.identity), truncation_psi=item.truncation_psi)
+        return backbone.identity_from_seed(int(item.identity), item.truncation_psi, item.truncation_cutoff)
     ws = torch.as_tensor(item.identity, dtype=torch.float32)
     return backbone.identity_from_ws(ws if ws.ndim == 3 else ws[None])
 
