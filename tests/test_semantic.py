@@ -13,7 +13,15 @@ from core.generator.configs import official_config, tiny_config
 from core.generator.triplane import TriPlaneGenerator
 from core.semantic import SemanticBranch, labels_for_view, view_prior
 from core.semantic.branch import upsample_to
-from core.semantic.checkpoint import BackboneMismatchError, list_checkpoints, load_branch, read_branch_metadata, save_branch
+from core.semantic.checkpoint import (
+    BackboneMismatchError,
+    clear_checkpoints,
+    latest_checkpoint,
+    list_checkpoints,
+    load_branch,
+    read_branch_metadata,
+    save_branch,
+)
 from core.semantic.rendering import MipRayMarcher2, crop_prior, quantile_depths, render_semantic, sample_coefficients
 from core.semantic.training import IGNORE_LABEL, AnnotatedView, TrainingSettings, train_semantic, validate_mask
 
@@ -249,6 +257,10 @@ def test_a_fresh_run_refuses_a_directory_with_checkpoints(backbone, tmp_path):
                    settings=FAST)
     with pytest.raises(FileExistsError, match="resume"):
         train_semantic(new_branch(backbone.generator), backbone, annotations(), steps=2, checkpoint_dir=tmp_path)
+    assert latest_checkpoint(tmp_path).name == "semantic-step0000002.safetensors"
+    assert clear_checkpoints(tmp_path) == 1 and latest_checkpoint(tmp_path) is None
+    result = train_semantic(new_branch(backbone.generator), backbone, annotations(), steps=1, checkpoint_dir=tmp_path)
+    assert result.step == 1
 
 
 def test_stop_flag_is_honoured_between_steps_with_a_final_checkpoint(backbone, tmp_path):

@@ -196,3 +196,16 @@ def list_checkpoints(directory) -> list[tuple[int, Path]]:
         if match:
             found.append((int(match.group(1)), path))
     return sorted(found)
+
+
+def latest_checkpoint(directory) -> Path | None:
+    found = list_checkpoints(directory)
+    return found[-1][1] if found else None
+
+
+def clear_checkpoints(directory) -> int:
+    """Remove a directory's training checkpoints (for a fresh run); returns how many."""
+    found = list_checkpoints(directory)
+    for _, path in found:
+        path.unlink()
+    return len(found)

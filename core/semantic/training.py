@@ -352,7 +352,7 @@ def _start_step(run: _Run, resume: bool) -> tuple[int, Path | None]:
         if existing:
             raise FileExistsError(
                 f"{run.checkpoint_dir} already holds training checkpoints (newest: step {existing[-1][0]}); "
-                "resume from them or remove them with clear_checkpoints() first"
+                "resume from them or remove them with core.semantic.checkpoint.clear_checkpoints() first"
             )
         return 0, None
     for step, path in reversed(existing):
@@ -381,16 +381,3 @@ def _adopt(branch, optimizer, loaded, optimizer_state, path) -> None:
 def _finite(metrics: dict) -> dict:
     # JSON has no NaN; a checkpoint written before the first step has no loss yet.
     return {key: (value if math.isfinite(value) else None) for key, value in metrics.items()}
-
-
-def latest_checkpoint(directory) -> Path | None:
-    found = list_checkpoints(directory)
-    return found[-1][1] if found else None
-
-
-def clear_checkpoints(directory) -> int:
-    """Remove a directory's training checkpoints (for a fresh run); returns how many."""
-    found = list_checkpoints(directory)
-    for _, path in found:
-        path.unlink()
-    return len(found)
