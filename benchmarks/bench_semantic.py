@@ -148,7 +148,8 @@ def main() -> None:
                  for i, (seed, yaw) in enumerate([(0, -30), (0, 30), (1, 0)])]
     wall, cpu = time.perf_counter(), time.process_time()
     views, features = prepare_views(branch, backbone, annotated, settings)
-    prepare_ms = (1000 * (time.perf_counter() - wall) / len(annotated), 1000 * (time.process_time() - cpu) / len(annotated))
+    prepare_ms = (1000 * (time.perf_counter() - wall) / len(annotated),
+                  1000 * (time.process_time() - cpu) / len(annotated))
     optimizer = torch.optim.Adam(branch.parameters(), lr=settings.learning_rate)
     branch.train()
     step_counter = iter(range(10 ** 6))

@@ -150,7 +150,8 @@ def test_density_prior_opacity_is_the_backbones_weight_total(G):
     approx = render_semantic(branch, planes, quadrature, RESOLUTION)
     assert (approx.opacity - weights_total).abs().max() <= k * 1e-4
     assert quadrature.samples.points_per_ray() <= k
-    assert torch.allclose(approx.feature_image, output.feature_image, atol=0.1 * output.feature_image.abs().max().item())
+    tolerance = 0.1 * output.feature_image.abs().max().item()
+    assert torch.allclose(approx.feature_image, output.feature_image, atol=tolerance)
 
 
 def test_quantile_depths_follow_the_backbones_weights():

@@ -114,7 +114,8 @@ class SemanticDecoder(nn.Module):
     where softplus costs several times more than the matrix products around it.
     """
 
-    def __init__(self, plane_channels: int, hidden: int, feature_channels: int, num_classes: int, predicts_density: bool):
+    def __init__(self, plane_channels: int, hidden: int, feature_channels: int, num_classes: int,
+                 predicts_density: bool):
         super().__init__()
         self.predicts_density = predicts_density
         self.hidden = nn.Linear(plane_channels, hidden)

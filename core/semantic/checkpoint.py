@@ -124,7 +124,8 @@ def load_branch_for_training(path, backbone_hash: str | None = None, device="cpu
         check_backbone_hash(document, backbone_hash)
         tensors = _read_tensors(path)
         if tensors_sha256(tensors) != document["tensors_sha256"]:
-            raise CorruptCheckpointError("the tensor data does not match the checksum in the header (the file is damaged)")
+            raise CorruptCheckpointError(
+                "the tensor data does not match the checksum in the header (the file is damaged)")
         branch = _build_branch(document["branch_config"], tensors).to(device)
         return branch, document, _optimizer_state(document, tensors)
 
@@ -139,7 +140,8 @@ def check_backbone_hash(document: dict, backbone_hash: str | None) -> None:
 
 def _parse_document(metadata: dict) -> dict:
     if METADATA_KEY not in metadata:
-        raise ForeignCheckpointError("a .safetensors file without the studio's metadata; not a semantic-branch checkpoint")
+        raise ForeignCheckpointError(
+            "a .safetensors file without the studio's metadata; not a semantic-branch checkpoint")
     try:
         document = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError as error:

@@ -290,7 +290,8 @@ def prepare_views(branch, backbone, samples, settings: TrainingSettings, report=
                                   branch.density_prior, settings.min_sample_weight,
                                   samples_per_ray=settings.samples_per_ray)
             views.append(_PreparedView(key, prior, mask.to(backbone.device), item.source))
-            report(TrainingProgress("preparing", 0, total_steps, message=f"prepared view {len(views)}/{len(annotated)}"))
+            report(TrainingProgress("preparing", 0, total_steps,
+                                    message=f"prepared view {len(views)}/{len(annotated)}"))
     if not views:
         raise ValueError("none of the annotations has painted pixels")
     return views, identity_features
