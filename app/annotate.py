@@ -42,7 +42,8 @@ SHORTCUTS_HELP = """Annotate
   Mouse              left: tool · middle drag: pan · wheel or right drag: zoom
 
 Orbit
-  Mouse              left drag: orbit · wheel: zoom (field of view)"""
+  Mouse              left drag: orbit · wheel: zoom (field of view)
+  Arrow keys         turn the camera 5° · R: reset the view"""
 SAVE_POLL_MS = 100  # how soon the counters show a finished write
 EDITOR_CACHE = 32  # views whose undo history is kept while flipping between them
 

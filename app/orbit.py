@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QButtonGroup, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
                                QPushButton, QRadioButton, QSlider, QSpinBox, QStackedLayout,
                                QVBoxLayout, QWidget)
@@ -23,6 +24,7 @@ from core.camera import DEFAULT_FOV_DEG
 DEGREES_PER_PIXEL = 0.4
 YAW_LIMIT, PITCH_LIMIT = 90.0, 60.0
 FOV_LIMITS = (6.0, 40.0)  # zoom changes the field of view: moving the camera would leave the ray range
+ARROW_STEP_DEG = 5.0
 ZOOM_STEP = 0.9  # field-of-view factor per wheel notch
 MODES = ("RGB", "Depth", "Labels", "Blend")
 NEEDS_SEMANTIC_BRANCH = "Needs a trained semantic branch; arrives with the semantic-branch issue."
@@ -65,6 +67,7 @@ class OrbitWorkspace(QWidget):
         self.renderer.error.connect(self.error)
         self.renderer.busy_changed.connect(self.busy_changed)
         self._build()
+        self._make_shortcuts()
 
     # ================================================================== session
     def set_session(self, backbone, project=None) -> None:
@@ -146,6 +149,18 @@ class OrbitWorkspace(QWidget):
         size = frame.rgb.shape[0]
         self._frame_label.setText(f"{quality} · {size}×{size} · {frame.seconds * 1000:.0f} ms")
 
+    def _make_shortcuts(self) -> None:
+        """Arrow keys turn the camera in 5° steps; R resets. Active only while this tab shows."""
+        step = ARROW_STEP_DEG / DEGREES_PER_PIXEL  # in the drag's units (screen pixels)
+        bindings = {"Left": (-step, 0), "Right": (step, 0), "Up": (0, step), "Down": (0, -step)}
+        self.shortcuts = {}
+        for keys, (dx, dy) in bindings.items():
+            shortcut = QShortcut(QKeySequence(keys), self)
+            shortcut.activated.connect(lambda dx=dx, dy=dy: self.orbit_by(dx, dy, interactive=False))
+            self.shortcuts[keys] = shortcut
+        self.shortcuts["R"] = QShortcut(QKeySequence("R"), self)
+        self.shortcuts["R"].activated.connect(self.reset_view)
+
     # ================================================================== layout
     def _build(self) -> None:
         self._pages = QStackedLayout(self)
@@ -189,7 +204,7 @@ class OrbitWorkspace(QWidget):
         camera_layout = QVBoxLayout(camera)
         self._camera_label = QLabel()
         camera_layout.addWidget(self._camera_label)
-        camera_layout.addWidget(QLabel("Drag to orbit, wheel to zoom."))
+        camera_layout.addWidget(QLabel("Drag or arrow keys to orbit, wheel to zoom, R to reset."))
         camera_layout.addWidget(QPushButton("Reset view", clicked=self.reset_view))
         column.addWidget(camera)
         cloud = QLabel("Point-cloud view: " + NEEDS_SEMANTIC_BRANCH, wordWrap=True)

@@ -135,3 +135,11 @@ def test_semantic_modes_are_disabled_and_say_why(orbit):
     with pytest.raises(ValueError, match="semantic"):
         orbit.set_mode("Labels")
     assert "semantic" in NEEDS_SEMANTIC_BRANCH
+
+
+def test_arrow_keys_turn_the_camera_and_r_resets(orbit):
+    orbit.shortcuts["Right"].activated.emit()
+    orbit.shortcuts["Up"].activated.emit()
+    assert orbit.view.yaw == pytest.approx(5.0) and orbit.view.pitch == pytest.approx(-5.0)
+    orbit.shortcuts["R"].activated.emit()
+    assert (orbit.view.yaw, orbit.view.pitch) == (0.0, 0.0)
