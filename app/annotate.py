@@ -106,6 +106,7 @@ class AnnotateWorkspace(QWidget):
         self._editors: OrderedDict[ViewKey, MaskEditor] = OrderedDict()
         self._stored_counts: dict[int, dict[int, int]] = {}  # annotation id -> pixels per class
         self._current_request: ViewRequest | None = None
+        self.last_frame: Frame | None = None
         self._stale = False
         self.renderer = RenderClient(self)
         self.renderer.frame_ready.connect(self._show_frame)
@@ -233,6 +234,7 @@ class AnnotateWorkspace(QWidget):
     def _show_frame(self, frame: Frame) -> None:
         if self._current_request is None or frame.request.scene != self._current_request.scene:
             return  # a frame of a view we already left
+        self.last_frame = frame
         self._image_item.setImage(frame.rgb, autoLevels=False, levels=(0, 255))
         self._image_item.setRect(QRectF(0, 0, self.resolution, self.resolution))
 

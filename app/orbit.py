@@ -204,7 +204,7 @@ class OrbitWorkspace(QWidget):
         camera_layout = QVBoxLayout(camera)
         self._camera_label = QLabel()
         camera_layout.addWidget(self._camera_label)
-        camera_layout.addWidget(QLabel("Drag or arrow keys to orbit, wheel to zoom, R to reset."))
+        camera_layout.addWidget(QLabel("Drag or arrow keys to orbit, wheel to zoom, R to reset.", wordWrap=True))
         camera_layout.addWidget(QPushButton("Reset view", clicked=self.reset_view))
         column.addWidget(camera)
         cloud = QLabel("Point-cloud view: " + NEEDS_SEMANTIC_BRANCH, wordWrap=True)

@@ -73,7 +73,7 @@ def main() -> None:
     annotate.set_brush_size(7)
     annotate.apply_stroke([(20.5, 100.5), (40.5, 112.5), (60.5, 116.5)], label=9)
     annotate.set_label(2)
-    _wait(app, lambda: annotate._image_item.image is not None, 120)
+    _wait(app, lambda: annotate.last_frame is not None and not annotate.last_frame.coarse, 120)
     _wait(app, lambda: False, 0.5)
     args.out.mkdir(parents=True, exist_ok=True)
     window.grab().save(str(args.out / "annotate.png"))
