@@ -88,6 +88,17 @@ def test_super_resolution_reaches_a_larger_output(G):
     assert result.logits.shape == (1, NUM_CLASSES, 2 * RESOLUTION, 2 * RESOLUTION)
 
 
+def test_a_generator_with_super_resolution_gets_labels_at_its_image_resolution():
+    torch.manual_seed(0)
+    init_kwargs, neural_resolution = tiny_config(superresolution=True)
+    G_sr = TriPlaneGenerator(**init_kwargs).eval().requires_grad_(False)
+    G_sr.neural_rendering_resolution = neural_resolution
+    branch = SemanticBranch.for_generator(G_sr, NUM_CLASSES)
+    result = labels_for_view(branch, G_sr, identity_of(G_sr), Camera().label())
+    assert result.view.image.shape[-1] == 128 and result.view.depth.shape[-1] == neural_resolution == 64
+    assert result.labels.shape == (1, 128, 128)
+
+
 def test_semantic_triplane_uses_every_block_or_only_the_last(G):
     identity = identity_of(G)
     resolutions = sorted(identity.block_features)
