@@ -154,6 +154,20 @@ def test_perfect_prediction_scores_perfectly():
     assert figures["iou"] == 1.0 and figures["depth_sum"] == 0.0 and figures["psnr"] > 100
 
 
+# ---------------------------------------------------------------------------- shipped default
+def test_the_shipped_default_loads_and_renders_a_head():
+    assert DEFAULT_BACKBONE_PATH.exists(), f"the embedded default must ship at {DEFAULT_BACKBONE_PATH}"
+    assert DEFAULT_BACKBONE_PATH.stat().st_size <= 30 * 1024 * 1024
+    backbone = load_backbone("default")
+    generator = backbone.generator
+    predicted = evaluation.backbone_view(generator, 3, 30.0, 0.0, 128)
+    truth = evaluation.procedural_view(3, 30.0, 0.0, 128, generator.z_dim)
+    coverage = float((predicted["alpha"] > 0.5).mean())
+    assert 0.15 < coverage < 0.7
+    assert evaluation.compare_view(predicted, truth)["iou"] > 0.8
+    assert "steps" in read_generator_config(DEFAULT_BACKBONE_PATH)["metadata"]
+
+
 def test_learning_rate_holds_then_falls_linearly_over_the_second_half():
     state = tiny_state()
     rates = []
