@@ -91,7 +91,8 @@ class _ProgressBar:
 
         self.by_steps = steps is not None
         total = steps if self.by_steps else int(minutes * 60)
-        self.bar = tqdm(total=total, unit="step" if self.by_steps else "s", dynamic_ncols=True)
+        self.bar = tqdm(total=total, unit="step" if self.by_steps else "s", dynamic_ncols=True,
+                        bar_format=None if self.by_steps else "{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]")
 
     def update(self, progress) -> None:
         done = progress.step if self.by_steps else int(progress.elapsed_s)
