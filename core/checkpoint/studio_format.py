@@ -95,27 +95,28 @@ def read_generator_config(path) -> dict:
     """The checkpoint's JSON configuration (including free-form metadata), without its tensors."""
     path = Path(path)
     with naming_file(path):
-        return _parse_config(_read_safetensors_metadata(path))
+        return _parse_config(read_safetensors_metadata(path))
 
 
 def load_generator(path, device="cpu") -> torch.nn.Module:
     """Rebuild the generator saved by save_generator; every weight must match its architecture."""
     path = Path(path)
     with naming_file(path):
-        config = _parse_config(_read_safetensors_metadata(path))
+        config = _parse_config(read_safetensors_metadata(path))
         spec = GeneratorSpec(
             class_name=config["class_name"],
             init_args=tuple(config["init_args"]),
             init_kwargs=config["init_kwargs"],
             rendering_kwargs=config["rendering_kwargs"],
             neural_rendering_resolution=config["neural_rendering_resolution"],
-            state_dict=_read_tensors(path),
+            state_dict=read_safetensors_tensors(path),
         )
         _check_tensors_checksum(spec.state_dict, config["tensors_sha256"])
         return build_generator(spec, device)
 
 
-def _read_safetensors_metadata(path: Path) -> dict:
+def read_safetensors_metadata(path: Path) -> dict:
+    """The string metadata of a .safetensors file (shared by every studio checkpoint kind)."""
     _check_safetensors_header(path)
     try:
         with safetensors.safe_open(str(path), framework="pt") as file:
@@ -185,7 +186,8 @@ def _check_tensors_checksum(tensors: dict, expected: str) -> None:
         raise CorruptCheckpointError("the tensor data does not match the checksum in the header (the file is damaged)")
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a .safetensors file on the CPU; a clear error for damaged data."""
     try:
         return safetensors.torch.load_file(str(path), device="cpu")
     except safetensors.SafetensorError as error:

@@ -32,7 +32,7 @@ from core.checkpoint.errors import (
     StateDictMismatchError,
     naming_file,
 )
-from core.checkpoint.studio_format import METADATA_KEY, _read_safetensors_metadata, _read_tensors, tensors_sha256
+from core.checkpoint.studio_format import METADATA_KEY, read_safetensors_metadata, read_safetensors_tensors, tensors_sha256
 from core.fileio import atomic_write_bytes
 from core.semantic.branch import SemanticBranch
 
@@ -107,7 +107,7 @@ def read_branch_metadata(path) -> dict:
     """The checkpoint's JSON document (step, loss, metrics, config, backbone hash) only."""
     path = Path(path)
     with naming_file(path):
-        return _parse_document(_read_safetensors_metadata(path))
+        return _parse_document(read_safetensors_metadata(path))
 
 
 def load_branch(path, backbone_hash: str | None = None, device="cpu") -> tuple[SemanticBranch, dict]:
@@ -120,9 +120,9 @@ def load_branch_for_training(path, backbone_hash: str | None = None, device="cpu
     """As load_branch, plus the optimiser state dict (or None) for resuming."""
     path = Path(path)
     with naming_file(path):
-        document = _parse_document(_read_safetensors_metadata(path))
+        document = _parse_document(read_safetensors_metadata(path))
         check_backbone_hash(document, backbone_hash)
-        tensors = _read_tensors(path)
+        tensors = read_safetensors_tensors(path)
         if tensors_sha256(tensors) != document["tensors_sha256"]:
             raise CorruptCheckpointError(
                 "the tensor data does not match the checksum in the header (the file is damaged)")
