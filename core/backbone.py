@@ -88,8 +88,8 @@ class Backbone:
         """z → w, conditioned on the frontal camera as gen_samples.py does.
 
         gen_samples.py conditions on a camera with its own --fov-deg, whose declared default
-        18.837 click truncates to the integer 18; pass conditioning_fov=18 to reproduce it bit
-        for bit. (Only pose-conditioned checkpoints such as FFHQ/AFHQ depend on it.)
+        18.837 click truncates to the integer 18; pass conditioning_fov=18 to reproduce it (to
+        float rounding). (Only pose-conditioned checkpoints such as FFHQ/AFHQ depend on it.)
         """
         c = self.generator.frontal_camera_label(conditioning_fov).to(self.device)[None].expand(z.shape[0], -1)
         return self.generator.mapping(z.to(self.device), c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)

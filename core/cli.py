@@ -46,7 +46,7 @@ def _render_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="identity: z = RandomState(seed).randn(1, z_dim), as EG3D's gen_samples.py")
     p.add_argument("--yaw", type=float, default=0.0, help="degrees from frontal (positive moves the camera to +x, the subject's left)")
     p.add_argument("--pitch", type=float, default=0.0, help="degrees from frontal (EG3D: positive puts the camera lower, looking up)")
-    p.add_argument("--fov", type=float, default=DEFAULT_FOV_DEG, help="field of view in degrees (default 18.837, the official scripts' declared value; gen_samples.py actually uses 18: pass --fov 18 to reproduce it exactly)")
+    p.add_argument("--fov", type=float, default=DEFAULT_FOV_DEG, help="field of view in degrees (default 18.837, the official scripts' declared value; gen_samples.py actually uses 18: pass --fov 18 to reproduce it)")
     p.add_argument("--truncation", type=float, default=1.0, help="truncation psi towards w_avg")
     p.add_argument("--truncation-cutoff", type=int, default=14, help="number of w layers truncated (EG3D default 14)")
     p.add_argument("--size", type=int, help="output size in pixels (default: the generator's own)")
