@@ -51,10 +51,7 @@ def default_sized_generator() -> TriPlaneGenerator:
 
 
 def _build(init_kwargs: dict, neural_resolution: int) -> TriPlaneGenerator:
-    torch.manual_seed(0)
-    generator = TriPlaneGenerator(**init_kwargs)
-    generator.neural_rendering_resolution = neural_resolution
-    return generator
+    return TriPlaneGenerator.from_config((init_kwargs, neural_resolution))
 
 
 def make_backbone(args, device) -> Backbone:

@@ -126,10 +126,7 @@ class Backbone:
 # ------------------------------------------------------------------ loading
 def random_backbone(config: str, seed: int = 0, device="cpu") -> Backbone:
     """An official-size configuration with random weights, for checking an install or timing it."""
-    init_kwargs, neural_resolution = official_config(config)
-    torch.manual_seed(seed)
-    generator = TriPlaneGenerator(**init_kwargs)
-    generator.neural_rendering_resolution = neural_resolution
+    generator = TriPlaneGenerator.from_config(official_config(config), seed)
     return Backbone(generator, f"{config} (random init, seed {seed})", f"random:{config}:{seed}", device)
 
 

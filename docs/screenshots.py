@@ -25,14 +25,10 @@ def _backbone(spec: str):
 
     if spec != "tiny":
         return load_backbone(spec), spec
-    import torch
-
     from core.generator.configs import tiny_config
     from core.generator.triplane import TriPlaneGenerator
 
-    torch.manual_seed(0)
-    generator = TriPlaneGenerator(**tiny_config(neural_resolution=64)[0])
-    generator.neural_rendering_resolution = 64
+    generator = TriPlaneGenerator.from_config(tiny_config(neural_resolution=64))
     return Backbone(generator, "tiny (random weights)", "tiny"), None
 
 

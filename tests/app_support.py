@@ -8,7 +8,6 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before any Qt import: no display in CI
 
 import pytest
-import torch
 from PySide6.QtCore import QSettings
 
 from core.backbone import Backbone
@@ -21,10 +20,7 @@ FAST_NEURAL_RESOLUTION = 16  # keeps a render well under a second on two busy co
 
 
 def tiny_backbone() -> Backbone:
-    torch.manual_seed(0)
-    init_kwargs, _ = tiny_config()
-    generator = TriPlaneGenerator(**init_kwargs)
-    generator.neural_rendering_resolution = FAST_NEURAL_RESOLUTION
+    generator = TriPlaneGenerator.from_config((tiny_config()[0], FAST_NEURAL_RESOLUTION))
     return Backbone(generator, "tiny", "tiny-hash")
 
 

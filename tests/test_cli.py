@@ -56,16 +56,11 @@ def test_output_must_be_png(tmp_path, capsys):
 
 
 def _tiny_generator():
-    import torch
-
     from core.generator.configs import tiny_config
     from core.generator.triplane import TriPlaneGenerator
 
-    torch.manual_seed(0)
-    init_kwargs, neural_resolution = tiny_config()
-    generator = TriPlaneGenerator(**init_kwargs).eval()
-    generator.neural_rendering_resolution = neural_resolution
-    return generator, init_kwargs
+    config = tiny_config()
+    return TriPlaneGenerator.from_config(config), config[0]
 
 
 def test_render_from_an_official_layout_pickle_and_a_studio_checkpoint_agree(tmp_path):

@@ -36,11 +36,8 @@ from eg3d_pickle_fixture import payload_module_src, write_eg3d_pickle
 @pytest.fixture(scope="module")
 def tiny():
     """A small TriPlaneGenerator in eval mode (EG3D's fused modconv depends on the mode)."""
-    init_kwargs, neural_resolution = tiny_config()
-    torch.manual_seed(0)
-    generator = TriPlaneGenerator(**init_kwargs).eval().requires_grad_(False)
-    generator.neural_rendering_resolution = neural_resolution
-    return generator, init_kwargs
+    config = tiny_config()
+    return TriPlaneGenerator.from_config(config), config[0]
 
 
 @pytest.fixture

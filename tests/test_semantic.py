@@ -30,11 +30,7 @@ RESOLUTION = 16  # neural = output resolution for these tests
 
 
 def make_generator(seed=0):
-    torch.manual_seed(seed)
-    init_kwargs, _ = tiny_config(plane_resolution=32, neural_resolution=RESOLUTION)
-    G = TriPlaneGenerator(**init_kwargs).eval().requires_grad_(False)
-    G.neural_rendering_resolution = RESOLUTION
-    return G
+    return TriPlaneGenerator.from_config(tiny_config(plane_resolution=32, neural_resolution=RESOLUTION), seed)
 
 
 @pytest.fixture(scope="module")

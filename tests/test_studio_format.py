@@ -29,11 +29,7 @@ TRAINING_INFO = {"trainer": "fit-backbone", "steps": 1200, "seeds": [0, 99], "ps
 
 
 def _tiny_generator(seed: int = 0) -> TriPlaneGenerator:
-    init_kwargs, neural_resolution = tiny_config()
-    torch.manual_seed(seed)
-    generator = TriPlaneGenerator(**init_kwargs).eval().requires_grad_(False)
-    generator.neural_rendering_resolution = neural_resolution
-    return generator
+    return TriPlaneGenerator.from_config(tiny_config(), seed)
 
 
 @pytest.fixture(scope="module")

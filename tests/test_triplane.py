@@ -9,11 +9,7 @@ from core.generator.triplane import TriPlaneGenerator
 
 
 def make_generator(superresolution=False, seed=0):
-    torch.manual_seed(seed)
-    init_kwargs, neural_resolution = tiny_config(superresolution=superresolution)
-    G = TriPlaneGenerator(**init_kwargs).eval().requires_grad_(False)
-    G.neural_rendering_resolution = neural_resolution
-    return G
+    return TriPlaneGenerator.from_config(tiny_config(superresolution=superresolution), seed)
 
 
 @pytest.fixture(scope="module")

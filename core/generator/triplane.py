@@ -163,6 +163,16 @@ class TriPlaneGenerator(torch.nn.Module):
         self.rendering_kwargs = rendering_kwargs
         self._last_planes = None
 
+    @classmethod
+    def from_config(cls, config: tuple[dict, int], seed: int = 0) -> "TriPlaneGenerator":
+        """A frozen, eval-mode network of a (init kwargs, neural resolution) configuration
+        (see core/generator/configs.py) with random weights drawn from `seed`."""
+        init_kwargs, neural_resolution = config
+        torch.manual_seed(seed)
+        generator = cls(**init_kwargs).eval().requires_grad_(False)
+        generator.neural_rendering_resolution = neural_resolution
+        return generator
+
     # ------------------------------------------------------------------ EG3D's API
     def mapping(self, z, c, truncation_psi=1, truncation_cutoff=None, update_emas=False):
         if self.rendering_kwargs["c_gen_conditioning_zero"]:
