@@ -94,10 +94,22 @@ def _render(args) -> None:
 
 
 # ---------------------------------------------------------------------------- entry
-from core.fitting.cli import evaluate_parser, fit_backbone_parser  # noqa: E402
+from core.fitting.cli import add_fit_evaluation, fit_backbone_parser  # noqa: E402
 from core.project.simulate import add_parser as annotate_sim_parser  # noqa: E402
 
-COMMANDS = [_render_parser, fit_backbone_parser, evaluate_parser, annotate_sim_parser]
+# `evaluate WHAT`: each function adds one WHAT (a quality figure against procedural ground truth).
+EVALUATIONS = [add_fit_evaluation]
+
+
+def _evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="quality figures against procedural ground truth",
+                       description="Quality figures measured against the procedural category.")
+    what = p.add_subparsers(dest="evaluation", metavar="WHAT", required=True)
+    for add in EVALUATIONS:
+        add(what)
+
+
+COMMANDS = [_render_parser, fit_backbone_parser, _evaluate_parser, annotate_sim_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -108,10 +108,8 @@ class _ProgressBar:
 
 
 # ---------------------------------------------------------------------------- evaluate fit
-def evaluate_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="quality figures against procedural ground truth",
-                       description="Quality figures measured against the procedural category.")
-    what = p.add_subparsers(dest="evaluation", metavar="WHAT", required=True)
+def add_fit_evaluation(what) -> None:
+    """`evaluate fit`: registered under `evaluate` in core.cli."""
     fit = what.add_parser("fit", help="how well a backbone reproduces held-out procedural identities",
                           description="PSNR, silhouette IoU and depth error of a backbone against the procedural "
                                       "renders of identities from the 'evaluate' seed range, 8 fixed views.")
