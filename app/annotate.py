@@ -17,9 +17,10 @@ from PySide6.QtWidgets import (QButtonGroup, QDoubleSpinBox, QFormLayout, QGroup
                                QStackedLayout, QTableWidget, QTableWidgetItem, QToolButton,
                                QVBoxLayout, QWidget)
 
-from app.rendering import Frame, ViewRequest
+from app.rendering import Frame, ViewRequest, predict_mask
+from app.semantic import BranchState, load_project_branch
 from app.widgets import LabelPalette, colour_icon, image_view_widget, label_lut, placeholder
-from app.workers import RenderClient
+from app.workers import RenderClient, run_in_background
 from core.annotation import AnnotationAutosaver, MaskEditor, ViewKey
 from core.procedural import SEED_RANGES
 from core.project import IdentityRef, Project
@@ -38,6 +39,7 @@ SHORTCUTS_HELP = """Annotate
   Ctrl+Shift+Z, Ctrl+Y   redo
   N, PageDown        next identity
   P, PageUp          previous identity
+  Ctrl+P             prefill the mask from the semantic branch (one undoable step)
   Ctrl+S             make sure everything is on disk (it is saved after every stroke anyway)
   Mouse              left: tool · middle drag: pan · wheel or right drag: zoom
 
@@ -108,6 +110,8 @@ class AnnotateWorkspace(QWidget):
         self._current_request: ViewRequest | None = None
         self.last_frame: Frame | None = None
         self._stale = False
+        self.branch_state = load_project_branch(None, None)
+        self._tasks: set = set()  # prefill predictions still running
         self.renderer = RenderClient(self)
         self.renderer.frame_ready.connect(self._show_frame)
         self.renderer.error.connect(self.error)
@@ -152,6 +156,7 @@ class AnnotateWorkspace(QWidget):
         self.autosaver, self.project, self.editor, self.key = None, None, None, None
         self._editors.clear()
         self.renderer.set_backbone(None)
+        self.set_semantic_branch(load_project_branch(None, self.backbone))
         self._pages.setCurrentIndex(0)
 
     def fit_view(self) -> None:
@@ -167,6 +172,48 @@ class AnnotateWorkspace(QWidget):
     def shutdown(self) -> None:
         self.clear_session()
         self.renderer.shutdown()
+        for thread in list(self._tasks):
+            thread.wait()
+
+    def set_semantic_branch(self, state: BranchState) -> None:
+        """The branch that "Prefill" asks for labels (None: the button says what is missing)."""
+        self.branch_state = state
+        self._prefill_button.setEnabled(state.branch is not None)
+        self._prefill_button.setToolTip(
+            "Replace this view's mask by the semantic branch's labels, to correct instead of painting "
+            f"from scratch (one undoable step).\n{state.note}" if state.branch is not None else state.note)
+
+    def prefill_from_branch(self) -> None:
+        """Fill this view's mask with the branch's labels, off the GUI thread; Ctrl+Z takes it back."""
+        branch, key = self.branch_state.branch, self.key
+        if branch is None or self.editor is None:
+            return
+        backbone, seed, camera = self.backbone, self.seed, self.backbone.camera(self.yaw, self.pitch)
+        self.busy_changed.emit(True)
+        self._prefill_button.setEnabled(False)
+
+        def done(result, failed: bool):
+            self.busy_changed.emit(False)
+            self._prefill_button.setEnabled(self.branch_state.branch is not None)
+            if failed:
+                self.error.emit(f"Prefill failed: {result}")
+            elif key != self.key or self.editor is None:
+                self.status_message.emit("Prefill dropped: the view changed while it was computed")
+            else:
+                self.apply_prefill(result)
+
+        thread = run_in_background(
+            lambda: predict_mask(backbone, branch, seed, ANNOTATION_TRUNCATION, camera, key.resolution[0]),
+            lambda mask: done(mask, False), lambda error: done(error, True), self)
+        self._tasks.add(thread)
+        thread.finished.connect(lambda: (self._tasks.discard(thread), thread.deleteLater()))
+
+    def apply_prefill(self, labels: np.ndarray) -> None:
+        """Put predicted labels into the current mask as one undoable, autosaved step."""
+        known = self.project.label_set.id_lookup()
+        mask = np.where(known[labels], labels, 0).astype(np.uint8)  # ids this project does not define
+        self._committed(self.editor.replace(mask))
+        self.status_message.emit("Prefilled from the semantic branch; Ctrl+Z undoes it")
 
     def refresh_label_set(self) -> None:
         """After the label set was edited: new names and colours, same masks."""
@@ -461,10 +508,10 @@ class AnnotateWorkspace(QWidget):
         history.addWidget(self._undo_button)
         history.addWidget(self._redo_button)
         layout.addRow(history)
-        # Correcting a model's guess beats painting from scratch; MaskEditor.replace() is the
-        # undoable step it will use once a semantic branch can be trained from this window.
-        self._prefill_button = QPushButton("Prefill from current model", enabled=False)
-        self._prefill_button.setToolTip("Needs a trained semantic branch; arrives with the semantic-branch issue.")
+        # Correcting a model's guess beats painting from scratch (MaskEditor.replace: one step).
+        self._prefill_button = QPushButton("Prefill from semantic branch (Ctrl+P)", enabled=False,
+                                           clicked=self.prefill_from_branch)
+        self._prefill_button.setToolTip(self.branch_state.note)
         layout.addRow(self._prefill_button)
         return box
 
@@ -530,6 +577,7 @@ class AnnotateWorkspace(QWidget):
             ("Ctrl+Z", self.undo), ("Ctrl+Shift+Z", self.redo), ("Ctrl+Y", self.redo),
             ("N", self.next_identity), ("PgDown", self.next_identity),
             ("P", self.previous_identity), ("PgUp", self.previous_identity),
+            ("Ctrl+P", self.prefill_from_branch),
         ]
         self.shortcuts = {}
         for keys, action in bindings:

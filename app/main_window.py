@@ -20,6 +20,7 @@ from app.annotate import SHORTCUTS_HELP, AnnotateWorkspace
 from app.dialogs import LabelSetDialog, NewProjectChoice, NewProjectDialog, choose_backbone_file
 from app.errors import show_error
 from app.orbit import OrbitWorkspace
+from app.semantic import load_project_branch
 from app.widgets import placeholder
 from app.workers import run_in_background
 from core.backbone import load_backbone, pick_device
@@ -116,6 +117,7 @@ class MainWindow(QMainWindow):
             show_error(self, "Labels not changed", error)
             return
         self.annotate.refresh_label_set()
+        self.orbit.set_label_palette(self.project.label_set.palette())
 
     def show_error(self, message: str) -> None:
         """Workspace errors; the same message repeating within a few seconds is shown once."""
@@ -149,6 +151,14 @@ class MainWindow(QMainWindow):
     def _use_session_everywhere(self) -> None:
         for workspace in self.workspaces.values():
             workspace.set_session(self.backbone, self.project)
+        self.reload_semantic_branch()
+
+    def reload_semantic_branch(self) -> None:
+        """Hand the project's newest semantic branch (or why there is none) to the workspaces that use it."""
+        self.branch_state = load_project_branch(self.project, self.backbone)
+        for workspace in self.workspaces.values():
+            if hasattr(workspace, "set_semantic_branch"):
+                workspace.set_semantic_branch(self.branch_state)
 
     def _project_failed(self, project: Project, error: BaseException) -> None:
         project.close()

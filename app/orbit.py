@@ -1,8 +1,9 @@
 """The Orbit workspace: look around an identity; drag to orbit, wheel to zoom.
 
 Dragging asks the render worker for coarse frames; the refined frame follows when the mouse
-rests (see app.workers). The labels and blend modes, and the point-cloud view, need the semantic
-branch and arrive with it; they are shown disabled and say so.
+rests (see app.workers). The Labels and Blend modes show the project's semantic branch (handed
+over by the window, see app.semantic); without one they are disabled and their tooltip and the
+side panel say what to do.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from PySide6.QtWidgets import (QButtonGroup, QFormLayout, QGridLayout, QGroupBox
                                QVBoxLayout, QWidget)
 
 from app.rendering import Frame, ViewRequest
+from app.semantic import BranchState, blend_labels, colour_labels, load_project_branch
 from app.widgets import image_view_widget, placeholder
 from app.workers import RenderClient
 from core.camera import DEFAULT_FOV_DEG
@@ -27,7 +29,7 @@ FOV_LIMITS = (6.0, 40.0)  # zoom changes the field of view: moving the camera wo
 ARROW_STEP_DEG = 5.0
 ZOOM_STEP = 0.9  # field-of-view factor per wheel notch
 MODES = ("RGB", "Depth", "Labels", "Blend")
-NEEDS_SEMANTIC_BRANCH = "Needs a trained semantic branch; arrives with the semantic-branch issue."
+LABEL_MODES = ("Labels", "Blend")
 
 
 class OrbitViewBox(pg.ViewBox):
@@ -59,6 +61,8 @@ class OrbitWorkspace(QWidget):
         self.backbone = None
         self.view = ViewRequest(seed=0)
         self.mode = "RGB"
+        self.branch_state = load_project_branch(None, None)
+        self._palette = np.zeros((1, 3), np.uint8)
         self.last_frame: Frame | None = None
         self.frames_shown = 0
         self._stale = False
@@ -73,8 +77,33 @@ class OrbitWorkspace(QWidget):
     def set_session(self, backbone, project=None) -> None:
         self.backbone = backbone
         self.renderer.set_backbone(backbone)
+        self._palette = project.label_set.palette() if project is not None else np.zeros((1, 3), np.uint8)
+        # Without a project this says why there are no labels; with one, the window hands over
+        # the project's branch right after this (MainWindow.reload_semantic_branch).
+        self.set_semantic_branch(load_project_branch(project, backbone) if project is None
+                                 else BranchState(None, "Looking for the project's semantic branch…"), refresh=False)
         self._pages.setCurrentIndex(1 if backbone is not None else 0)
         self.refresh(interactive=True)  # a coarse first frame appears sooner
+
+    def set_semantic_branch(self, state: BranchState, refresh: bool = True) -> None:
+        """Show labels from `state.branch` (None: the label modes are disabled with state.note)."""
+        self.branch_state = state
+        self.renderer.set_branch(state.branch)
+        available = state.branch is not None
+        for mode in LABEL_MODES:
+            self._mode_buttons[mode].setEnabled(available)
+            self._mode_buttons[mode].setToolTip(state.note)
+        self._branch_label.setText(state.note)
+        if not available and self.mode in LABEL_MODES:
+            self.set_mode("RGB")
+        elif refresh and self.mode in LABEL_MODES:
+            self.refresh()
+
+    def set_label_palette(self, palette: np.ndarray) -> None:
+        """New label colours (the label set was edited)."""
+        self._palette = palette
+        if self.last_frame is not None:
+            self._show_frame(self.last_frame)
 
     def clear_session(self) -> None:
         self.set_session(None)
@@ -103,12 +132,16 @@ class OrbitWorkspace(QWidget):
         self._update(yaw=0.0, pitch=0.0, fov=DEFAULT_FOV_DEG)
 
     def set_mode(self, mode: str) -> None:
-        if mode not in ("RGB", "Depth"):
-            raise ValueError(f"mode {mode!r} is not available yet: {NEEDS_SEMANTIC_BRANCH}")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; modes are {MODES}")
+        if mode in LABEL_MODES and self.branch_state.branch is None:
+            raise ValueError(f"the {mode} mode is not available: {self.branch_state.note}")
         self.mode = mode
         self._mode_buttons[mode].setChecked(True)
         if self.last_frame is not None:
             self._show_frame(self.last_frame)
+        if mode in LABEL_MODES and (self.last_frame is None or self.last_frame.labels is None):
+            self.refresh()  # this frame was rendered without labels
 
     def refresh(self, interactive: bool = False) -> None:
         if self.backbone is None:
@@ -117,7 +150,8 @@ class OrbitWorkspace(QWidget):
             self._stale = True  # a hidden tab leaves the CPU to the visible one; drawn when shown
             return
         self._stale = False
-        self.renderer.request(self.view, interactive=interactive)
+        wants_labels = self.mode in LABEL_MODES and self.branch_state.branch is not None
+        self.renderer.request(replace(self.view, labels=wants_labels), interactive=interactive)
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
@@ -142,12 +176,21 @@ class OrbitWorkspace(QWidget):
     def _show_frame(self, frame: Frame) -> None:
         self.last_frame = frame
         self.frames_shown += 1
-        image = frame.rgb if self.mode == "RGB" else frame.depth
-        self._image_item.setImage(image, autoLevels=False, levels=(0, 255))
+        self._image_item.setImage(self._picture(frame), autoLevels=False, levels=(0, 255))
         self._image_item.setRect(QRectF(0, 0, 1, 1))  # coarse and refined frames fill the same square
         quality = "coarse" if frame.coarse else "refined"
         size = frame.rgb.shape[0]
         self._frame_label.setText(f"{quality} · {size}×{size} · {frame.seconds * 1000:.0f} ms")
+
+    def _picture(self, frame: Frame) -> np.ndarray:
+        """What the current mode shows of a frame (RGB until a frame with labels arrives)."""
+        if self.mode == "Depth":
+            return frame.depth
+        if self.mode == "Labels" and frame.labels is not None:
+            return colour_labels(frame.labels, self._palette)
+        if self.mode == "Blend" and frame.labels is not None:
+            return blend_labels(frame.rgb, frame.labels, self._palette)
+        return frame.rgb
 
     def _make_shortcuts(self) -> None:
         """Arrow keys turn the camera in 5° steps; R resets. Active only while this tab shows."""
@@ -207,9 +250,9 @@ class OrbitWorkspace(QWidget):
         camera_layout.addWidget(QLabel("Drag or arrow keys to orbit, wheel to zoom, R to reset.", wordWrap=True))
         camera_layout.addWidget(QPushButton("Reset view", clicked=self.reset_view))
         column.addWidget(camera)
-        cloud = QLabel("Point-cloud view: " + NEEDS_SEMANTIC_BRANCH, wordWrap=True)
-        cloud.setStyleSheet("color: #888;")
-        column.addWidget(cloud)
+        self._branch_label = QLabel(self.branch_state.note, wordWrap=True)
+        self._branch_label.setStyleSheet("color: #888;")
+        column.addWidget(self._branch_label)
         column.addStretch(1)
         self._frame_label = QLabel("no frame yet")
         column.addWidget(self._frame_label)
@@ -222,11 +265,9 @@ class OrbitWorkspace(QWidget):
         self._mode_buttons = {}
         for position, mode in enumerate(MODES):
             button = QRadioButton(mode)
-            if mode in ("RGB", "Depth"):
-                button.toggled.connect(lambda checked, m=mode: checked and self.set_mode(m))
-            else:
+            button.toggled.connect(lambda checked, m=mode: checked and m != self.mode and self.set_mode(m))
+            if mode in LABEL_MODES:
                 button.setEnabled(False)
-                button.setToolTip(NEEDS_SEMANTIC_BRANCH)
             group.addButton(button)
             layout.addWidget(button, position // 2, position % 2)
             self._mode_buttons[mode] = button

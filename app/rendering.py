@@ -12,17 +12,28 @@ import numpy as np
 import torch
 
 from core.camera import DEFAULT_FOV_DEG, Camera
+from core.fitting.trainer import composite_on_grey
 from core.imaging import depth_to_uint8, rgb_to_uint8
+from core.semantic import labels_for_view
 
 # Each workspace renders on its own thread, and a frame can still be in flight when the user
 # switches tabs. The backbone's identity cache is not thread-safe, and two renders at once gain
 # nothing on a small CPU, so renders take turns.
 _RENDER_TURN = threading.Lock()
 
+# Ray samples (coarse, importance) of a preview frame while dragging. The embedded default uses
+# 24 + 24; a quarter of the samples at a quarter of the pixels is what keeps a drag fluid on a
+# laptop CPU, and the refined frame at rest is rendered exactly as the checkpoint says.
+COARSE_SAMPLES_PER_RAY = (12, 12)
+
 
 @dataclass(frozen=True)
 class ViewRequest:
-    """One view of one identity. `neural_resolution` None means the checkpoint's own."""
+    """One view of one identity. `neural_resolution` None means the checkpoint's own.
+
+    `labels`: also compute the semantic branch's part labels of the view (when there is one).
+    `samples_per_ray`: (coarse, importance) ray samples; None = the checkpoint's own.
+    """
 
     seed: int
     truncation_psi: float = 1.0
@@ -30,9 +41,14 @@ class ViewRequest:
     pitch: float = 0.0
     fov: float = DEFAULT_FOV_DEG
     neural_resolution: int | None = None
+    labels: bool = False
+    samples_per_ray: tuple[int, int] | None = None
 
     def at_resolution(self, neural_resolution: int | None) -> "ViewRequest":
         return replace(self, neural_resolution=neural_resolution)
+
+    def as_preview(self, neural_resolution: int, samples_per_ray=COARSE_SAMPLES_PER_RAY) -> "ViewRequest":
+        return replace(self, neural_resolution=neural_resolution, samples_per_ray=samples_per_ray)
 
     def camera(self, backbone) -> Camera:
         return backbone.camera(self.yaw, self.pitch, fov=self.fov)
@@ -51,15 +67,63 @@ class Frame:
     rgb: np.ndarray  # (H, W, 3) uint8 at the generator's output resolution
     depth: np.ndarray  # (h, w) uint8 at the neural resolution, near = white
     seconds: float
+    labels: np.ndarray | None = None  # (H', W') uint8 label ids, when asked for and a branch exists
 
 
-def render_frame(backbone, request: ViewRequest, request_id: int = 0, coarse: bool = False) -> Frame:
-    """Render one request; the identity's planes come from the backbone's cache when warm."""
+def shows_on_grey(backbone) -> bool:
+    """Whether frames are shown on mid grey instead of EG3D's black.
+
+    The studio's own fits (core.fitting: no super-resolution module) learnt the procedural
+    category, whose renders sit on mid grey; official EG3D pickles (always with super-resolution)
+    are shown exactly as EG3D composites them. This changes what is displayed, never what the
+    backbone returns.
+    """
+    return backbone.generator.superresolution is None
+
+
+def render_frame(backbone, request: ViewRequest, request_id: int = 0, coarse: bool = False,
+                 branch=None) -> Frame:
+    """Render one request; the identity's planes come from the backbone's cache when warm.
+
+    With `branch` (a core.semantic SemanticBranch) and request.labels, the part labels reuse
+    this very render of the backbone (its samples), so they cost only the semantic part.
+    """
     start = time.perf_counter()
+    want_labels = request.labels and branch is not None
     with _RENDER_TURN, torch.no_grad():
         identity = backbone.identity_from_seed(request.seed, request.truncation_psi)
-        view = backbone.render(identity, request.camera(backbone), request.neural_resolution, deterministic=True)
+        grey = shows_on_grey(backbone)
+        camera = request.camera(backbone)
+        view = backbone.render(identity, camera, request.neural_resolution, deterministic=True,
+                               return_samples=want_labels or grey, samples_per_ray=request.samples_per_ray)
+        image = view.image
+        if grey:
+            alpha = view.samples["weights"].sum(2)  # (N, h*w, 1): the ray's opacity
+            alpha = alpha.reshape(alpha.shape[0], 1, *view.image.shape[-2:])
+            image = composite_on_grey(image, alpha) * 2 - 1
+        labels = None
+        if want_labels:
+            labels = _labels(branch, backbone, identity, camera, view)
     kwargs = backbone.rendering_kwargs
     # A fixed depth range keeps the grey levels steady while orbiting (per-frame min/max flickers).
     depth = depth_to_uint8(view.depth[0], kwargs.get("ray_start"), kwargs.get("ray_end"))
-    return Frame(request, request_id, coarse, rgb_to_uint8(view.image), depth, time.perf_counter() - start)
+    return Frame(request, request_id, coarse, rgb_to_uint8(image), depth, time.perf_counter() - start, labels)
+
+
+def _labels(branch, backbone, identity, camera, view) -> np.ndarray:
+    generator = backbone.generator
+    rendered = view.depth.shape[-1]
+    # At the checkpoint's own neural resolution the branch super-resolves to the output size; a
+    # preview frame's labels stay at the preview's size (the display scales them).
+    resolution = generator.img_resolution if rendered == generator.neural_rendering_resolution else rendered
+    labelled = labels_for_view(branch, generator, identity, camera.label().to(backbone.device), resolution, view=view)
+    return labelled.labels[0].to(torch.uint8).cpu().numpy()
+
+
+def predict_mask(backbone, branch, seed: int, truncation_psi: float, camera: Camera, resolution: int) -> np.ndarray:
+    """The branch's labels (resolution², uint8) of one view: what "prefill" puts in a mask."""
+    with _RENDER_TURN, torch.no_grad():
+        identity = backbone.identity_from_seed(seed, truncation_psi)
+        labelled = labels_for_view(branch, backbone.generator, identity, camera.label().to(backbone.device),
+                                   resolution)
+    return labelled.labels[0].to(torch.uint8).cpu().numpy()

@@ -19,7 +19,9 @@ from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 from app.rendering import Frame, ViewRequest, render_frame
 
 REFINE_DELAY_MS = 150
-COARSE_NEURAL_RESOLUTION = 48
+# Preview frames while dragging: this many rays a side, with COARSE_SAMPLES_PER_RAY samples each
+# (see benchmarks/bench_render_worker.py for what this buys).
+COARSE_NEURAL_RESOLUTION = 32
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class _Job:
     request: ViewRequest
     coarse: bool
     backbone: Any
+    branch: Any = None  # the semantic branch, for requests that want labels
 
 
 class _Mailbox:
@@ -75,7 +78,7 @@ class _RenderWorker(QObject):
 
     def _render_one(self, job: _Job) -> None:
         try:
-            frame = self._render(job.backbone, job.request, job.request_id, job.coarse)
+            frame = self._render(job.backbone, job.request, job.request_id, job.coarse, branch=job.branch)
         except Exception as error:  # shown by the GUI; the worker must survive a bad request
             traceback.print_exc()
             self.failed.emit(job.request_id, f"{type(error).__name__}: {error}")
@@ -98,6 +101,7 @@ class RenderClient(QObject):
                  coarse_resolution: int = COARSE_NEURAL_RESOLUTION, render: Callable = render_frame):
         super().__init__(parent)
         self.backbone = None
+        self.branch = None
         self.coarse_resolution = coarse_resolution
         self.rendered_count = 0  # frames the worker produced (tests check coalescing with it)
         self._next_id = 1
@@ -118,9 +122,14 @@ class RenderClient(QObject):
         self._thread.start()
 
     # ------------------------------------------------------------------ requests
-    def set_backbone(self, backbone) -> None:
+    def set_backbone(self, backbone, branch=None) -> None:
         self.cancel()
         self.backbone = backbone
+        self.branch = branch
+
+    def set_branch(self, branch) -> None:
+        """A new (or no) semantic branch for the same backbone; later requests use it."""
+        self.branch = branch
 
     def request(self, view: ViewRequest, interactive: bool = False) -> int | None:
         """Ask for a view: coarse now and refined at rest if `interactive`, else refined now.
@@ -135,7 +144,7 @@ class RenderClient(QObject):
             return self._post(view, coarse=False)
         self._pending_refine = view
         self._refine_timer.start()  # restarts: the refined frame waits for the drag to rest
-        return self._post(view.at_resolution(self._coarse_resolution_for(view)), coarse=True)
+        return self._post(view.as_preview(self._coarse_resolution_for(view)), coarse=True)
 
     def cancel(self) -> None:
         """Forget pending requests and drop any frame still being rendered."""
@@ -163,7 +172,7 @@ class RenderClient(QObject):
     def _post(self, view: ViewRequest, coarse: bool) -> int:
         request_id = self._next_id
         self._next_id += 1
-        self._mailbox.post(_Job(request_id, view, coarse, self.backbone))
+        self._mailbox.post(_Job(request_id, view, coarse, self.backbone, self.branch))
         self._wake.emit()
         return request_id
 

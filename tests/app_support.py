@@ -48,3 +48,27 @@ def gui_thread_garbage_collection():
     finally:
         gc.enable()
         gc.collect()
+
+
+def tiny_branch(backbone: Backbone, label_set, seed: int = 0):
+    """A random semantic branch shaped for `backbone` and `label_set` (labels, not quality)."""
+    import torch
+
+    from core.semantic import SemanticBranch
+
+    torch.manual_seed(seed)
+    return SemanticBranch.for_generator(backbone.generator, max(label_set.ids) + 1, plane_channels=8,
+                                        feature_channels=8, decoder_hidden=16, sr_hidden=8).eval()
+
+
+def save_tiny_branch(project: Project, backbone: Backbone, step: int = 1):
+    """A random branch saved where the studio looks for the project's trained one."""
+    from app.semantic import semantic_folder
+    from core.semantic import save_branch
+    from core.semantic.checkpoint import checkpoint_name
+
+    branch = tiny_branch(backbone, project.label_set)
+    folder = semantic_folder(project)
+    folder.mkdir(exist_ok=True)
+    save_branch(branch, folder / checkpoint_name(step), backbone.content_hash, step=step)
+    return branch

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from app_support import gui_thread_garbage_collection, FAST_NEURAL_RESOLUTION, tiny_backbone  # noqa: F401 (autouse fixture)
 
-from app.orbit import NEEDS_SEMANTIC_BRANCH, OrbitWorkspace
+from app.orbit import OrbitWorkspace
 from app.rendering import Frame, ViewRequest
 from app.workers import RenderClient
 
@@ -19,7 +19,7 @@ class SlowRenderer:
         self.rendered: list[ViewRequest] = []
         self.on_thread: set[str] = set()
 
-    def __call__(self, backbone, request, request_id, coarse):
+    def __call__(self, backbone, request, request_id, coarse, branch=None):
         self.on_thread.add(threading.current_thread().name)
         time.sleep(self.seconds)
         self.rendered.append(request)
@@ -90,7 +90,7 @@ def test_busy_signal_brackets_the_work(client, qtbot):
 
 
 def test_render_errors_are_reported_not_raised(qtbot):
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise RuntimeError("out of memory")
 
     client = RenderClient(render=broken)
@@ -128,13 +128,13 @@ def test_orbit_drag_zoom_seed_and_depth_with_a_real_backbone(orbit, qtbot):
     assert orbit._image_item.image.ndim == 2
 
 
-def test_semantic_modes_are_disabled_and_say_why(orbit):
+def test_semantic_modes_without_a_project_are_disabled_and_say_why(orbit):
     for mode in ("Labels", "Blend"):
         button = orbit._mode_buttons[mode]
         assert not button.isEnabled() and "semantic branch" in button.toolTip()
-    with pytest.raises(ValueError, match="semantic"):
+    with pytest.raises(ValueError, match="semantic branch"):
         orbit.set_mode("Labels")
-    assert "semantic" in NEEDS_SEMANTIC_BRANCH
+    assert "Train Semantic Branch" in orbit._branch_label.text()
 
 
 def test_arrow_keys_turn_the_camera_and_r_resets(orbit):
@@ -143,3 +143,17 @@ def test_arrow_keys_turn_the_camera_and_r_resets(orbit):
     assert orbit.view.yaw == pytest.approx(5.0) and orbit.view.pitch == pytest.approx(-5.0)
     orbit.shortcuts["R"].activated.emit()
     assert (orbit.view.yaw, orbit.view.pitch) == (0.0, 0.0)
+
+
+def test_preview_frames_use_fewer_ray_samples_and_leave_default_renders_alone():
+    backbone = tiny_backbone()
+    identity, camera = backbone.identity_from_seed(3), backbone.camera(10, 5)
+    default = backbone.render(identity, camera, return_samples=True)
+    options = backbone.rendering_kwargs
+    assert default.samples["depths"].shape[2] == options["depth_resolution"] + options["depth_resolution_importance"]
+    preview = backbone.render(identity, camera, return_samples=True, samples_per_ray=(4, 2))
+    assert preview.samples["depths"].shape[2] == 6
+    again = backbone.render(identity, camera, return_samples=True)
+    assert np.array_equal(again.image.numpy(), default.image.numpy())  # the override was for one call only
+    with pytest.raises(ValueError, match="coarse samples"):
+        backbone.render(identity, camera, samples_per_ray=(1, 0))

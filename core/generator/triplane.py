@@ -255,13 +255,16 @@ class TriPlaneGenerator(torch.nn.Module):
         superresolve: bool = True,
         return_samples: bool = False,
         max_rays_per_chunk: int | None = None,
+        samples_per_ray: tuple[int, int] | None = None,
     ) -> View:
         """Render a view of cached identities from EG3D camera labels (N, 25) or one (25,).
 
         Deterministic mode is EG3D with its randomness off: no coarse jitter, importance
         samples with det=True, and 'const' noise in the super-resolution blocks. Rays are
         rendered in chunks of `max_rays_per_chunk` (default: CPU_RAY_CHUNK on a CPU, all at once
-        on a GPU); chunking changes results only by float rounding (< 1e-6).
+        on a GPU); chunking changes results only by float rounding (< 1e-6). `samples_per_ray`
+        (coarse, importance) overrides the checkpoint's depth_resolution(_importance) for this
+        call only, e.g. for quick preview frames; None renders exactly as the checkpoint says.
         """
         if camera_label.ndim == 1:
             camera_label = camera_label[None]
@@ -278,7 +281,16 @@ class TriPlaneGenerator(torch.nn.Module):
             superresolve=superresolve,
             return_samples=return_samples,
             max_rays_per_chunk=max_rays_per_chunk,
+            options=self._rendering_options(samples_per_ray),
         )
+
+    def _rendering_options(self, samples_per_ray: tuple[int, int] | None) -> dict:
+        if samples_per_ray is None:
+            return self.rendering_kwargs
+        coarse, importance = (int(count) for count in samples_per_ray)
+        if coarse < 4 or importance < 0:  # the importance pass needs interior coarse intervals
+            raise ValueError(f"samples_per_ray needs at least 4 coarse samples, got {samples_per_ray}")
+        return dict(self.rendering_kwargs, depth_resolution=coarse, depth_resolution_importance=importance)
 
     def sample_points(self, identity: Identity, coordinates: torch.Tensor, directions: torch.Tensor) -> dict:
         """σ and colour features at world points (N, M, 3) from the cached planes."""
@@ -311,6 +323,7 @@ class TriPlaneGenerator(torch.nn.Module):
         return_samples: bool = False,
         max_rays_per_chunk: int | None = None,
         sr_kwargs: dict | None = None,
+        options: dict | None = None,
     ) -> View:
         cam2world = camera_label[:, :16].view(-1, 4, 4)
         intrinsics = camera_label[:, 16:25].view(-1, 3, 3)
@@ -320,7 +333,7 @@ class TriPlaneGenerator(torch.nn.Module):
             self.decoder,
             ray_origins,
             ray_directions,
-            self.rendering_kwargs,
+            self.rendering_kwargs if options is None else options,
             deterministic=deterministic,
             return_samples=return_samples,
             max_rays_per_chunk=max_rays_per_chunk,
