@@ -1,0 +1,251 @@
+"""The data factory: layout, determinism, resume, refusal of foreign folders, write failures, evaluation."""
+import errno
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.checkpoint.studio_format import save_generator
+from core.cli import main
+from core.factory import generate as factory
+from core.factory.evaluate import evaluate_factory
+from core.factory.generate import FactoryError, GenerateRequest, depth_from_png, generate_dataset, identity_seed
+from core.factory.pointcloud import PointCloud, write_ply
+from core.fileio import read_indexed_png, read_rgb, write_indexed_png
+from core.generator.configs import tiny_config
+from core.generator.triplane import TriPlaneGenerator
+from core.procedural import NUM_CLASSES, SEED_RANGES, HeadParams, ProceduralHead
+from core.project import BackboneRef, Project, default_label_set
+from core.semantic import SemanticBranch, save_branch
+from core.semantic.checkpoint import checkpoint_name
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project on a tiny random backbone with an (untrained, seeded) semantic branch."""
+    folder = tmp_path_factory.mktemp("factory") / "project"
+    folder.mkdir()
+    generator = TriPlaneGenerator.from_config(tiny_config(plane_resolution=32, neural_resolution=SIZE), 0)
+    save_generator(generator, folder / "tiny.safetensors")
+    with Project.create(folder, BackboneRef.for_file(folder / "tiny.safetensors", folder), default_label_set()) as p:
+        backbone = p.load_backbone()
+    torch.manual_seed(3)
+    branch = SemanticBranch.for_generator(backbone.generator, NUM_CLASSES)
+    save_branch(branch, folder / "semantic" / checkpoint_name(5), backbone.content_hash, step=5)
+    return folder
+
+
+def request_for(project, out, **changes):
+    # The tiny random backbone is a faint fog (opacity ~0.25-0.5): a threshold inside that range
+    # keeps part of every view as foreground and part as background.
+    base = GenerateRequest(project=project, out=out, identities=3, views=2, size=SIZE, pointclouds=True,
+                           device="cpu", alpha_threshold=0.3)
+    return replace(base, **changes)
+
+
+def files_of(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference(project, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "dataset"
+    result = generate_dataset(request_for(project, out))
+    assert result.identities_done == 3 and not result.stopped and result.manifest["complete"]
+    return out
+
+
+# ---------------------------------------------------------------------------- layout
+def test_layout_of_a_dataset(reference):
+    names = files_of(reference)
+    for index in range(3):
+        for view in range(2):
+            stem = f"{index:06d}_{view:02d}.png"
+            assert f"images/{stem}" in names and f"labels/{stem}" in names and f"depth/{stem}" in names
+        assert f"pointclouds/{index:06d}.ply" in names
+    assert not [name for name in names if name.endswith(".tmp")]
+    assert read_rgb(reference / "images/000001_01.png").shape == (SIZE, SIZE, 3)
+    labels, palette = read_indexed_png(reference / "labels/000001_01.png")
+    assert labels.shape == (SIZE, SIZE) and labels.max() < NUM_CLASSES
+    assert np.array_equal(palette[:NUM_CLASSES], default_label_set().palette())
+    manifest = json.loads((reference / "manifest.json").read_text())
+    assert manifest["identities_done"] == 3 and manifest["request"]["views"] == 2
+    assert manifest["backbone"]["content_hash"] and manifest["semantic_branch"]["sha256"]
+    cameras = json.loads((reference / "cameras.json").read_text())
+    record = cameras["images"]["000002_01"]
+    assert record["seed"] in SEED_RANGES["evaluate"] and record["identity"] == 2 and len(record["label"]) == 25
+    assert -45 <= record["yaw"] <= 45 and -20 <= record["pitch"] <= 20
+    assert json.loads((reference / "labels.json").read_text()) == default_label_set().to_json()
+    # depth: 16-bit, background 0, foreground within the rays' depth range
+    import cv2
+    raw = cv2.imread(str(reference / "depth/000000_00.png"), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16 and raw.shape == (SIZE, SIZE)
+    depth = depth_from_png(raw, cameras["depth_scale"])
+    assert np.all((depth[raw > 0] > 2.0) & (depth[raw > 0] < 3.5))
+
+
+def test_point_cloud_files_read_back_with_numpy(reference):
+    data = max((p.read_bytes() for p in (reference / "pointclouds").glob("*.ply")), key=len)
+    header, body = data.split(b"end_header\n", 1)
+    count = int([line for line in header.decode().splitlines() if line.startswith("element vertex")][0].split()[2])
+    vertices = np.frombuffer(body, np.dtype([("xyz", "<f4", 3), ("rgb", "u1", 3), ("label", "u1")]), count)
+    assert len(body) == 16 * count and count > 0
+    assert np.isfinite(vertices["xyz"]).all() and vertices["label"].max() < NUM_CLASSES
+    # the points sit in front of the cameras, around the head (within the tri-plane box)
+    assert np.abs(vertices["xyz"]).max() < 1.0
+
+
+def test_identities_and_cameras_are_functions_of_the_seed(project, tmp_path):
+    first = request_for(project, tmp_path / "a")
+    other = request_for(project, tmp_path / "b", seed=1)
+    assert identity_seed(first, 0) == SEED_RANGES["evaluate"].start
+    assert identity_seed(other, 0) != identity_seed(first, 0)
+    assert not np.allclose(factory.view_angles(first, 0), factory.view_angles(other, 0))
+    assert np.array_equal(factory.view_angles(first, 1), factory.view_angles(request_for(project, tmp_path, identities=9), 1))
+
+
+# ---------------------------------------------------------------------------- determinism and resume
+def test_same_request_gives_the_same_files(project, reference, tmp_path):
+    generate_dataset(request_for(project, tmp_path / "again"))
+    assert files_of(tmp_path / "again") == files_of(reference)
+
+
+def test_stop_and_resume_give_the_same_files(project, reference, tmp_path):
+    out = tmp_path / "stopped"
+    calls = []
+    result = generate_dataset(request_for(project, out), should_stop=lambda: len(calls.append(1) or calls) > 2)
+    assert result.stopped and result.identities_done == 2
+    with pytest.raises(FactoryError, match="--resume"):
+        generate_dataset(request_for(project, out))
+    resumed = generate_dataset(request_for(project, out, resume=True))
+    assert resumed.identities_done == 3 and resumed.samples_written == 2
+    assert files_of(out) == files_of(reference)
+
+
+def test_interrupt_mid_identity_then_resume(project, reference, tmp_path, monkeypatch):
+    """Ctrl-C while identity 1's files are being written: a half-written identity is not done."""
+    out = tmp_path / "interrupted"
+    real_write_ply = factory.write_ply
+
+    def interrupted(path, *args, **kwargs):
+        if path.name == "000001.ply":
+            (path.parent / ".000001.ply.abc.tmp").write_bytes(b"half")  # what a kill can leave
+            raise KeyboardInterrupt
+        real_write_ply(path, *args, **kwargs)
+
+    monkeypatch.setattr(factory, "write_ply", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset(request_for(project, out))
+    assert json.loads((out / "manifest.json").read_text())["identities_done"] == 1
+    (out / "images/000001_00.png").write_bytes(b"garbage from before the crash")
+    monkeypatch.setattr(factory, "write_ply", real_write_ply)
+    generate_dataset(request_for(project, out, resume=True))
+    assert files_of(out) == files_of(reference)
+
+
+def test_full_disk_is_reported_and_resumable(project, reference, tmp_path, monkeypatch):
+    out = tmp_path / "full"
+    real_write_png = factory.write_png
+
+    def full_disk(path, image):
+        if path.name == "000002_01.png" and path.parent.name == "depth":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write_png(path, image)
+
+    monkeypatch.setattr(factory, "write_png", full_disk)
+    with pytest.raises(FactoryError, match=r"No space left on device.*2 identities are complete.*--resume"):
+        generate_dataset(request_for(project, out))
+    assert json.loads((out / "manifest.json").read_text())["identities_done"] == 2
+    monkeypatch.setattr(factory, "write_png", real_write_png)
+    generate_dataset(request_for(project, out, resume=True))
+    assert files_of(out) == files_of(reference)
+
+
+# ---------------------------------------------------------------------------- refusals
+def test_foreign_or_unrelated_folders_are_refused_unless_overwrite(project, reference, tmp_path):
+    out = tmp_path / "foreign"
+    generate_dataset(request_for(project, out, identities=1))
+    with pytest.raises(FactoryError, match="another request"):
+        generate_dataset(request_for(project, out, identities=1, seed=4, resume=True))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["backbone"]["content_hash"] = "somebody-else"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FactoryError, match="another backbone"):
+        generate_dataset(request_for(project, out, identities=1, resume=True))
+    (out / "notes.txt").write_text("mine")
+    generate_dataset(request_for(project, out, overwrite=True))
+    assert (out / "notes.txt").read_text() == "mine"  # --overwrite removes only the factory's files
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    (unrelated / "holiday.jpg").write_bytes(b"...")
+    with pytest.raises(FactoryError, match="not empty"):
+        generate_dataset(request_for(project, unrelated))
+
+
+def test_unwritable_output_and_bad_requests(project, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(FactoryError, match="cannot write to"):
+        generate_dataset(request_for(project, blocker / "dataset"))
+    for changes, message in [({"identities": 0}, "--n"), ({"views": 0}, "--views"), ({"size": 4}, "--size"),
+                             ({"yaw_range": (30, -30)}, "--yaw-range"), ({"voxel_size": -1.0}, "--voxel-size")]:
+        with pytest.raises(FactoryError, match=message):
+            generate_dataset(request_for(project, tmp_path / "bad", **changes))
+    with pytest.raises(FactoryError, match="no trained semantic branch"):
+        generate_dataset(request_for(_project_without_branch(project, tmp_path), tmp_path / "bad"))
+
+
+def _project_without_branch(project: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    copy = tmp_path / "nobranch"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("semantic", "*.lock", ".lock"))
+    return copy
+
+
+def test_command_line(project, tmp_path, capsys):
+    out = tmp_path / "cli"
+    arguments = ["generate", "--project", str(project), "--n", "1", "--views", "2", "--size", str(SIZE),
+                 "--out", str(out), "--yaw-range=-10,10", "--device", "cpu"]
+    assert main(arguments) == 0
+    assert "1/1 identities" in capsys.readouterr().out
+    assert main(arguments + ["--seed", "2"]) == 2
+    assert "another request" in capsys.readouterr().err
+    assert main(["evaluate", "factory", "--dataset", str(out), "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert 0 <= figures["miou"] <= 1 and figures["images"] == 2
+
+
+# ---------------------------------------------------------------------------- evaluation
+def test_evaluation_of_procedural_ground_truth_is_perfect(project, reference, tmp_path):
+    """Labels and clouds replaced by the procedural truth of the recorded seeds and cameras score 1:
+    the evaluation looks up the right identity and camera for every file."""
+    import shutil
+
+    out = tmp_path / "truth"
+    shutil.copytree(reference, out)
+    cameras = json.loads((out / "cameras.json").read_text())["images"]
+    palette = default_label_set().palette()
+    for index in range(3):
+        head = ProceduralHead(HeadParams.from_seed(cameras[f"{index:06d}_00"]["seed"]))
+        points, labels = [], []
+        for view in range(2):
+            name = f"{index:06d}_{view:02d}"
+            buffers = head.render(np.asarray(cameras[name]["label"], np.float32), SIZE)
+            write_indexed_png(out / "labels" / f"{name}.png", buffers["labels"].astype(np.uint8), palette)
+            from core.factory.pointcloud import backproject
+            valid = buffers["alpha"] > 0.5
+            points.append(backproject(buffers["depth"], cameras[name]["label"], valid))
+            labels.append(buffers["labels"][valid])
+        points, labels = np.concatenate(points), np.concatenate(labels)
+        write_ply(out / "pointclouds" / f"{index:06d}.ply", PointCloud(points, np.zeros_like(points), labels))
+    figures = evaluate_factory(out)
+    assert figures["miou"] == pytest.approx(1.0) and figures["pixel_accuracy"] == pytest.approx(1.0)
+    assert figures["point_accuracy"] > 0.99 and figures["points_near_surface"] == 1.0
+    # ...while the random branch's own labels are far from it
+    assert evaluate_factory(reference)["miou"] < 0.5
