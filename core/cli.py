@@ -97,9 +97,10 @@ def _render(args) -> None:
 from core.fitting.cli import add_fit_evaluation, fit_backbone_parser  # noqa: E402
 from core.project.simulate import add_parser as annotate_sim_parser  # noqa: E402
 from core.factory.cli import add_factory_evaluation, generate_parser  # noqa: E402
+from core.downstream.cli import add_downstream_evaluation  # noqa: E402
 
 # `evaluate WHAT`: each function adds one WHAT (a quality figure against procedural ground truth).
-EVALUATIONS = [add_fit_evaluation, add_factory_evaluation]
+EVALUATIONS = [add_fit_evaluation, add_factory_evaluation, add_downstream_evaluation]
 
 
 def _evaluate_parser(sub) -> None:
