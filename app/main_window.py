@@ -21,6 +21,7 @@ from app.dialogs import LabelSetDialog, NewProjectChoice, NewProjectDialog, choo
 from app.errors import show_error
 from app.orbit import OrbitWorkspace
 from app.semantic import load_project_branch
+from app.training import TrainDialog
 from app.widgets import placeholder
 from app.workers import run_in_background
 from core.backbone import load_backbone, pick_device
@@ -40,6 +41,7 @@ class MainWindow(QMainWindow):
         self.project: Project | None = None
         self._busy: dict[str, bool] = {}
         self._tasks: set = set()
+        self.train_dialog: TrainDialog | None = None
         self._last_error = ("", 0.0)
         self.setWindowTitle("DatasetNeRF Studio")
         self.resize(1280, 820)
@@ -91,6 +93,7 @@ class MainWindow(QMainWindow):
                        lambda backbone: self.use_session(backbone, None), failed)
 
     def close_project(self) -> None:
+        self._end_project_jobs()
         self.annotate.clear_session()
         if self.project is not None:
             self.project.close()
@@ -119,6 +122,27 @@ class MainWindow(QMainWindow):
         self.annotate.refresh_label_set()
         self.orbit.set_label_palette(self.project.label_set.palette())
 
+    def train_semantic_branch(self) -> None:
+        """Open (or bring back) the Train dialog for the open project."""
+        if self.project is None or self.backbone is None:
+            show_error(self, "Train Semantic Branch", "Open or create a project first, and paint a few views in "
+                                                      "the Annotate workspace: the branch learns from them.")
+            return
+        if self.train_dialog is None:
+            self.train_dialog = TrainDialog(self.project, self.backbone, self)
+            self.train_dialog.trained.connect(self.reload_semantic_branch)
+            self.train_dialog.busy_changed.connect(lambda busy: self._set_busy("Training", busy))
+        self.train_dialog.show()
+        self.train_dialog.raise_()
+
+    def _end_project_jobs(self) -> None:
+        """Before the project closes: a training run stops (saving its branch) and its dialog goes."""
+        if self.train_dialog is not None:
+            self.train_dialog.stop_and_wait()
+            self.train_dialog.hide()
+            self.train_dialog.deleteLater()
+            self.train_dialog = None
+
     def show_error(self, message: str) -> None:
         """Workspace errors; the same message repeating within a few seconds is shown once."""
         now = time.monotonic()
@@ -136,6 +160,8 @@ class MainWindow(QMainWindow):
     # ================================================================== session
     def use_session(self, backbone, project: Project | None) -> None:
         """Show `backbone` (and `project`, if any) in every workspace; closes the previous project."""
+        if self.project is not project:
+            self._end_project_jobs()
         if self.project is not None and self.project is not project:
             self.annotate.clear_session()
             self.project.close()
@@ -259,6 +285,7 @@ class MainWindow(QMainWindow):
         self._add_action(file_menu, "&Quit", self.close, QKeySequence.Quit)
         project_menu = self.menuBar().addMenu("&Project")
         self._add_action(project_menu, "Edit &Labels…", self.edit_labels)
+        self._add_action(project_menu, "&Train Semantic Branch…", self.train_semantic_branch, QKeySequence("Ctrl+T"))
         help_menu = self.menuBar().addMenu("&Help")
         self._add_action(help_menu, "Keyboard &Shortcuts", self.show_shortcuts, QKeySequence("F1"))
 
@@ -314,6 +341,7 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
     def _shut_down(self) -> None:
+        self._end_project_jobs()
         for workspace in self.workspaces.values():
             workspace.shutdown()  # Annotate writes its pending masks first
         if self.project is not None:

@@ -72,3 +72,17 @@ def save_tiny_branch(project: Project, backbone: Backbone, step: int = 1):
     folder.mkdir(exist_ok=True)
     save_branch(branch, folder / checkpoint_name(step), backbone.content_hash, step=step)
     return branch
+
+
+def paint_annotations(project: Project, backbone: Backbone, seeds=(1, 2), yaws=(0.0, 20.0)) -> None:
+    """A few simple masks (a labelled block) through the store, as the Annotate workspace saves them."""
+    import numpy as np
+
+    from core.project import IdentityRef
+
+    for seed in seeds:
+        for yaw in yaws:
+            mask = np.zeros((MASK_SIZE, MASK_SIZE), np.uint8)
+            mask[8:24, 6 + seed:20 + seed] = 1
+            mask[8:12, 6 + seed:20 + seed] = 2
+            project.add_annotation(IdentityRef(seed=seed), backbone.camera(yaw, 0.0), mask)
