@@ -8,8 +8,8 @@ import torch
 from core.downstream.dataset import DatasetError, read_class_names, read_pairs, read_point_clouds
 from core.downstream.pointnet import PointNetSettings, point_figures, train_pointnet
 from core.downstream.sources import GENERATION_SEED_START, generation_seeds, simulated_annotations
-from core.downstream.testsets import (INDIVIDUAL_SEEDS, POINT_CLOUD_SEEDS, VIDEO_SEEDS, orbit_views,
-                                      procedural_point_cloud)
+from core.downstream.testsets import (INDIVIDUAL_SEEDS, POINT_CLOUD_SEEDS, VIDEO_SEEDS, individual_test_set,
+                                      orbit_views, procedural_point_cloud)
 from core.downstream.training import (SegmenterSettings, _augmented_batch, predict, segmentation_figures,
                                       train_segmenter)
 from core.fileio import write_indexed_png, write_png
@@ -87,9 +87,11 @@ def test_test_set_seeds_are_evaluate_seeds_no_one_else_uses():
     assert {purpose_of_seed(int(a.identity)) for a in simulated_annotations(4, 16)} == {"annotate"}
 
 
-def test_video_is_a_smooth_orbit_and_point_clouds_carry_true_labels():
+def test_test_images_are_on_black_video_is_an_orbit_and_clouds_carry_true_labels():
     views = orbit_views(61)
     assert len(views) == 61 and np.all(np.diff([yaw for yaw, _ in views]) > 0)
+    test = individual_test_set(2, resolution=16)
+    assert (test.images[test.labels == 0] == 0).all()  # on black, as every generator image
     points, labels = procedural_point_cloud(POINT_CLOUD_SEEDS.start, [(0.0, 0.0)], resolution=24)
     assert len(points) == len(labels) > 50
     assert np.linalg.norm(points, axis=1).max() < 0.45 and labels.min() > 0  # on the head, never background
@@ -175,7 +177,8 @@ def test_evaluate_downstream_quick_prints_every_figure(capsys, tmp_path):
         for test in ("individual", "video"):
             assert 0.0 <= result[test]["pixel_accuracy"] <= 1.0 and "miou" in result[test]
     assert [r["pairs"] for r in results["pairs_scale"]] == [4, 4, 8, 8]
-    assert [r["annotations"] for r in results["annotations_scale"]] == [3, 6]
+    assert [(r["arm"], r["annotations"]) for r in results["annotations_scale"]] == [
+        ("datasetnerf", 3), ("annotations_only", 3), ("datasetnerf", 6), ("annotations_only", 6)]
     assert [r["clouds"] for r in results["pointclouds"]["results"]] == [1, 2]
     assert results["test_sets"]["individual"]["images"] == 4 and "timings_s" in results
     # A second run over the same work folder re-reads every finished result.

@@ -293,9 +293,10 @@ class DownstreamRun:
             results["pairs_scale"] = [self.segmenter_result(arm, self.full, n)
                                       for n in sorted(s.pairs) for arm in ("datasetnerf", "datasetgan") if arm in s.arms]
         if "annotations" in s.parts:
-            # DatasetNeRF's Table 5: the factory arm only (annotations_only at the full count is in 'main').
-            results["annotations_scale"] = [self.segmenter_result("datasetnerf", k, s.annotation_scale_pairs)
-                                            for k in self.annotation_counts if "datasetnerf" in s.arms]
+            # DatasetNeRF's Table 5 (the factory arm), and the annotations alone at the same counts.
+            results["annotations_scale"] = [
+                self.segmenter_result(arm, k, None if arm == "annotations_only" else s.annotation_scale_pairs)
+                for k in self.annotation_counts for arm in ("datasetnerf", "annotations_only") if arm in s.arms]
         if "pointclouds" in s.parts:
             test = point_cloud_test_set(s.test_clouds, resolution=s.resolution,
                                         progress=lambda d, t: self.report("test set: point clouds", d, t))
