@@ -353,3 +353,12 @@ def test_a_projects_annotations_train_the_branch(backbone, tmp_path):
     assert np.array_equal(views[1].mask, striped_mask(2))
     result = train_semantic(new_branch(backbone.generator), backbone, views, steps=2, settings=FAST)
     assert result.step == 2
+
+
+def test_every_header_length_reads_back(backbone, tmp_path):
+    # The shared safetensors reader rejects a file whose first byte is 0x80 (a pickle's), which a
+    # header of 128 mod 256 bytes would start with; save_branch must never write one.
+    branch, path = new_branch(backbone.generator), tmp_path / "branch.safetensors"
+    for length in range(256):
+        save_branch(branch, path, backbone_hash="hash-of-tiny", metrics={"note": "x" * length})
+        assert read_branch_metadata(path)["metrics"]["note"] == "x" * length

@@ -133,24 +133,43 @@ class _Run:
     report: Callable[[TrainingProgress], None]
     checkpoint_dir: Path | None
     total_steps: int
+    validate: Callable[[SemanticBranch], dict] | None = None
     started: float = field(default_factory=time.monotonic)
+    validating_s: float = 0.0  # time spent in `validate`, left out of elapsed_s
     loss: _RunningMean = field(default_factory=_RunningMean)
     accuracy: _RunningMean = field(default_factory=_RunningMean)
 
+    def elapsed(self) -> float:
+        """Seconds of preparation and training in this call (validation left out)."""
+        return time.monotonic() - self.started - self.validating_s
+
     def progress(self, phase: str, step: int, **details) -> TrainingProgress:
         return TrainingProgress(phase, step, self.total_steps, self.loss.value, self.accuracy.value,
-                                time.monotonic() - self.started, **details)
+                                self.elapsed(), **details)
 
     def save(self, step: int) -> Path:
         path = Path(self.checkpoint_dir) / checkpoint_name(step)
         metrics = {"train_loss": self.loss.value, "train_pixel_accuracy": self.accuracy.value,
-                   "elapsed_s": time.monotonic() - self.started}
+                   "elapsed_s": self.elapsed()}
+        if self.validate is not None:
+            metrics.update(self._validation())
         save_branch(self.branch, path, self.backbone.content_hash, step=step, loss=self.loss.value,
                     metrics=_finite(metrics), settings=asdict(self.settings), optimizer=self.optimizer)
         for _, old in list_checkpoints(self.checkpoint_dir)[: -max(1, self.settings.keep_checkpoints)]:
             old.unlink(missing_ok=True)
         self.report(self.progress("checkpoint", step, message=f"saved {path.name}", checkpoint=path))
         return path
+
+    def _validation(self) -> dict:
+        started, was_training = time.monotonic(), self.branch.training
+        self.branch.eval()
+        try:
+            figures = self.validate(self.branch)
+        finally:
+            self.branch.train(was_training)
+            self.branch.clear_cache()
+            self.validating_s += time.monotonic() - started
+        return dict(figures, validation_s=time.monotonic() - started)
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -164,6 +183,7 @@ def train_semantic(
     checkpoint_dir=None,
     resume: bool = False,
     settings: TrainingSettings | None = None,
+    validate: Callable[[SemanticBranch], dict] | None = None,
 ) -> TrainingResult:
     """Train `branch` on annotated views until `steps` optimiser steps in total have been taken.
 
@@ -172,12 +192,14 @@ def train_semantic(
     checkpoint is written every `settings.checkpoint_every` steps and at the end (also when
     `should_stop()` turns true, which is checked between steps); `resume=True` continues from
     the newest readable checkpoint there. A KeyboardInterrupt propagates and leaves the last
-    checkpoint as it was (every write is atomic).
+    checkpoint as it was (every write is atomic). `validate(branch)`, if given, is called at
+    every checkpoint and its JSON-friendly figures are stored in the checkpoint's metrics (e.g.
+    `core.semantic.evaluation.ValidationSet`); its time is not counted in `elapsed_s`.
     """
     settings = settings or TrainingSettings()
     branch.to(backbone.device)
     optimizer = torch.optim.Adam(branch.parameters(), lr=settings.learning_rate)
-    run = _Run(branch, optimizer, backbone, settings, progress or (lambda _: None), checkpoint_dir, steps)
+    run = _Run(branch, optimizer, backbone, settings, progress or (lambda _: None), checkpoint_dir, steps, validate)
     step, checkpoint = _start_step(run, resume)
     if step >= steps:  # a resumed run that is already done
         branch.eval()
@@ -381,4 +403,5 @@ def _adopt(branch, optimizer, loaded, optimizer_state, path) -> None:
 
 def _finite(metrics: dict) -> dict:
     # JSON has no NaN; a checkpoint written before the first step has no loss yet.
-    return {key: (value if math.isfinite(value) else None) for key, value in metrics.items()}
+    return {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+            for key, value in metrics.items()}

@@ -1,0 +1,306 @@
+"""Label quality of a semantic branch against procedural ground truth (design.md section 7).
+
+    figures = evaluate_branch(branch, backbone, identities=10)     # `python main.py evaluate labels`
+
+Identities come from the procedural 'evaluate' seed range, which neither the backbone's fit nor
+the simulated annotator ever uses. Per identity the branch labels LABEL_VIEWS, which lie inside
+the annotated yaw range but are none of its poses; the figures are
+
+* `miou`, `pixel_accuracy`, `per_class_iou` over those views (core.metrics);
+* `consistency`: the labels of one view warped into a neighbouring view through the backbone's
+  expected depth and the two cameras, and compared there, on the surface points visible in both
+  (a point counts when view B's own depth at the pixel it lands on agrees with its distance to
+  B's camera); both directions of every neighbouring pair;
+* `video_miou`: mIoU over a VIDEO_FRAMES-frame yaw orbit (frames pooled into one confusion matrix).
+
+The figures are computed from `Labeller`s: callables (seed, camera) → `LabelledDepth`. The
+branch and the procedural truth are both labellers, so the same code measures either; a test
+checks that the truth itself is consistent and a view-dependent labeller is not.
+
+`ValidationSet` is the small, cached version the trainer calls at every checkpoint.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.camera import Camera, ray_bundle, split_label
+from core.metrics import confusion_matrix, label_figures, mean_iou
+
+# (yaw, pitch) in degrees: inside the annotated yaw range (−30°…+30°), none of its poses.
+LABEL_VIEWS = [(-40.0, 5.0), (-15.0, -10.0), (10.0, 10.0), (35.0, -5.0)]
+VIDEO_FRAMES = 61
+VIDEO_YAW = 45.0  # the orbit sweeps yaw from −VIDEO_YAW to +VIDEO_YAW at pitch 0
+# A warped point is visible in the other view when its distance to that camera and the view's
+# own depth agree this closely (world units; the heads are ~0.8 across, rays ~2.7 long).
+DEPTH_TOLERANCE = 0.03
+# Pixels where the backbone's opacity is below this show no surface (no depth to warp with).
+SURFACE_OPACITY = 0.5
+# Checkpoint validation uses identities this far into the 'evaluate' range, so that the
+# identities `evaluate labels` reports on are never the ones watched during training.
+VALIDATION_SEED_OFFSET = 500_000
+VALIDATION_VIEWS = [(-20.0, 0.0), (25.0, 5.0)]
+
+
+@dataclass
+class LabelledDepth:
+    """One labelled view: label ids (H, W) and the depth along each pixel's unit ray (inf: no surface)."""
+
+    labels: np.ndarray
+    depth: np.ndarray
+
+
+Labeller = Callable[[int, Camera], LabelledDepth]
+
+
+# ---------------------------------------------------------------------------- labellers
+class BranchLabeller:
+    """The semantic branch's labels of a seed's identity, with the backbone's expected depth."""
+
+    def __init__(self, branch, backbone, resolution: int | None = None):
+        from core.semantic.rendering import neural_resolution_for
+
+        self.branch, self.backbone = branch, backbone
+        self.resolution = int(resolution or backbone.generator.img_resolution)
+        self.neural_resolution = neural_resolution_for(backbone.generator, self.resolution)
+
+    @torch.no_grad()
+    def render(self, seed: int, camera: Camera):
+        """The backbone's view with samples (what the labels reuse) and its LabelledDepth depth."""
+        identity = self.backbone.identity_from_seed(seed)  # truncation 1, as annotate-sim stores
+        view = self.backbone.generator.render(identity, camera.label()[None].to(self.backbone.device),
+                                              self.neural_resolution, deterministic=True, return_samples=True)
+        return identity, view, surface_depth(view, self.resolution)
+
+    @torch.no_grad()
+    def labels(self, identity, view, camera: Camera) -> np.ndarray:
+        from core.semantic.rendering import labels_for_view
+
+        labelled = labels_for_view(self.branch, self.backbone.generator, identity, camera.label(),
+                                   self.resolution, view=view)
+        return labelled.labels[0].cpu().numpy()
+
+    def __call__(self, seed: int, camera: Camera) -> LabelledDepth:
+        identity, view, depth = self.render(seed, camera)
+        return LabelledDepth(self.labels(identity, view, camera), depth)
+
+
+def surface_depth(view, resolution: int) -> np.ndarray:
+    """The backbone's expected depth (H, W) at `resolution`, inf where its opacity shows no surface."""
+    depth = view.depth[:1].float()
+    opacity = view.samples["weights"][:1].sum(2).reshape(depth.shape)
+    depth = torch.where(opacity >= SURFACE_OPACITY, depth, torch.full_like(depth, math.inf))
+    if depth.shape[-1] != resolution:
+        depth = F.interpolate(depth, size=(resolution, resolution), mode="nearest")
+    return depth[0, 0].cpu().numpy()
+
+
+class ProceduralLabeller:
+    """The procedural category's own labels and depth: the ground truth (and a perfect labeller)."""
+
+    def __init__(self, resolution: int):
+        self.resolution = int(resolution)
+        self._head = (None, None)  # (seed, ProceduralHead): views of one identity come together
+
+    def __call__(self, seed: int, camera: Camera) -> LabelledDepth:
+        from core.procedural import HeadParams, ProceduralHead
+
+        if self._head[0] != seed:
+            self._head = (seed, ProceduralHead(HeadParams.from_seed(seed)))
+        buffers = self._head[1].render(camera.label(), self.resolution)
+        return LabelledDepth(buffers["labels"], buffers["depth"])
+
+
+# ---------------------------------------------------------------------------- consistency
+def warp_agreement(a: LabelledDepth, camera_a: Camera, b: LabelledDepth, camera_b: Camera,
+                   tolerance: float = DEPTH_TOLERANCE) -> tuple[int, int]:
+    """(agreeing, compared) pixels of view A whose surface point is visible in view B.
+
+    Each surface pixel of A is lifted to 3D with A's depth along its ray, projected into B and
+    compared with the label of the B pixel it lands in, if B's depth there is that point's
+    distance to B's camera (within `tolerance`): points hidden or off-screen in B are not counted.
+    """
+    resolution_a, resolution_b = a.labels.shape[-1], b.labels.shape[-1]
+    origins, directions = (x[0].numpy().astype(np.float64)
+                           for x in ray_bundle(*split_label(camera_a.label()), resolution_a))
+    depth_a = np.asarray(a.depth, np.float64).reshape(-1)
+    surface = np.isfinite(depth_a)
+    points = origins[surface] + depth_a[surface, None] * directions[surface]
+    labels_a = np.asarray(a.labels).reshape(-1)[surface]
+
+    cam2world, intrinsics = (m[0].numpy().astype(np.float64) for m in split_label(camera_b.label()))
+    rotation, position = cam2world[:3, :3], cam2world[:3, 3]
+    in_camera = (points - position) @ rotation  # rows are points in B's camera frame (x right, y down, z forward)
+    z = in_camera[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = intrinsics[0, 0] * in_camera[:, 0] / z + intrinsics[0, 2] + intrinsics[0, 1] * in_camera[:, 1] / z
+        v = intrinsics[1, 1] * in_camera[:, 1] / z + intrinsics[1, 2]
+    column, row = np.floor(u * resolution_b), np.floor(v * resolution_b)
+    on_screen = (z > 0) & (column >= 0) & (column < resolution_b) & (row >= 0) & (row < resolution_b)
+    column, row = column[on_screen].astype(np.int64), row[on_screen].astype(np.int64)
+    distance = np.linalg.norm(points[on_screen] - position, axis=1)
+    depth_b = np.asarray(b.depth, np.float64)[row, column]
+    visible = np.isfinite(depth_b) & (np.abs(depth_b - distance) <= tolerance)
+    agreeing = labels_a[on_screen][visible] == np.asarray(b.labels)[row[visible], column[visible]]
+    return int(agreeing.sum()), int(visible.sum())
+
+
+def pairwise_consistency(views: list[tuple[Camera, LabelledDepth]], tolerance: float = DEPTH_TOLERANCE):
+    """(agreeing, compared) over both directions of every neighbouring pair of views."""
+    agreeing = compared = 0
+    for (camera_a, a), (camera_b, b) in zip(views, views[1:]):
+        for source, source_camera, target, target_camera in ((a, camera_a, b, camera_b), (b, camera_b, a, camera_a)):
+            agree, count = warp_agreement(source, source_camera, target, target_camera, tolerance)
+            agreeing, compared = agreeing + agree, compared + count
+    return agreeing, compared
+
+
+# ---------------------------------------------------------------------------- the evaluation
+def label_cameras(backbone, views=LABEL_VIEWS) -> list[Camera]:
+    return [backbone.camera(yaw, pitch) for yaw, pitch in views]
+
+
+def orbit_cameras(backbone, frames: int = VIDEO_FRAMES, yaw: float = VIDEO_YAW) -> list[Camera]:
+    """A yaw sweep from −yaw to +yaw at pitch 0, `frames` frames (the video of the quality protocol)."""
+    return [backbone.camera(float(angle), 0.0) for angle in np.linspace(-yaw, yaw, frames)]
+
+
+def evaluate_labels(labeller: Labeller, truth: Labeller, seeds: list[int], cameras: list[Camera],
+                    video_seeds: list[int], video_cameras: list[Camera], class_names: list[str],
+                    progress: Callable[[int, int], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> dict:
+    """The label figures of `labeller` against `truth` (see the module docstring).
+
+    `progress(done, total)` counts labelled views; `should_stop()` is checked between views and
+    ends the evaluation early with the figures so far (`complete` is then false).
+    """
+    num_classes = len(class_names)
+    total = len(seeds) * len(cameras) + len(video_seeds) * len(video_cameras)
+    done, stopped = 0, False
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    agreeing = compared = 0
+
+    def step():
+        nonlocal done, stopped
+        done += 1
+        if progress is not None:
+            progress(done, total)
+        stopped = bool(should_stop is not None and should_stop())
+        return stopped
+
+    for seed in seeds:
+        labelled = []
+        for camera in cameras:
+            prediction = labeller(seed, camera)
+            confusion += confusion_matrix(prediction.labels, truth(seed, camera).labels, num_classes)
+            labelled.append((camera, prediction))
+            if step():
+                break
+        agree, count = pairwise_consistency(labelled)
+        agreeing, compared = agreeing + agree, compared + count
+        if stopped:
+            break
+    video_confusion = np.zeros_like(confusion)
+    for seed in video_seeds if not stopped else []:
+        for camera in video_cameras:
+            prediction = labeller(seed, camera)
+            video_confusion += confusion_matrix(prediction.labels, truth(seed, camera).labels, num_classes)
+            if step():
+                break
+        if stopped:
+            break
+    figures = label_figures(confusion, class_names)
+    figures.update(
+        consistency=agreeing / compared if compared else math.nan,
+        consistency_pixels=int(compared),
+        video_miou=mean_iou(video_confusion) if video_confusion.any() else math.nan,
+        complete=not stopped,
+    )
+    return figures
+
+
+def evaluate_branch(branch, backbone, identities: int = 10, views: int = len(LABEL_VIEWS),
+                    video_identities: int = 1, video_frames: int = VIDEO_FRAMES, resolution: int | None = None,
+                    class_names: list[str] | None = None, progress=None, should_stop=None) -> dict:
+    """`evaluate_labels` of a trained branch on the first `identities` seeds of the 'evaluate' range.
+
+    The video uses the first `video_identities` of those seeds. Returns the figures plus what
+    was measured on (seeds, views, frames, resolution), ready for JSON.
+    """
+    from core.procedural import seeds_for
+
+    if identities < 1 or not 1 <= views <= len(LABEL_VIEWS):
+        raise ValueError(f"need at least 1 identity and 1..{len(LABEL_VIEWS)} views, got {identities} and {views}")
+    if not 0 <= video_identities <= identities or (video_identities and video_frames < 2):
+        raise ValueError(f"video identities must be 0..{identities} (of the evaluated ones) with at least 2 frames")
+    branch.eval()
+    labeller = BranchLabeller(branch, backbone, resolution)
+    truth = ProceduralLabeller(labeller.resolution)
+    seeds = seeds_for("evaluate", identities)
+    names = class_names or [str(index) for index in range(branch.num_classes)]
+    figures = evaluate_labels(labeller, truth, seeds, label_cameras(backbone, LABEL_VIEWS[:views]),
+                              seeds[:video_identities], orbit_cameras(backbone, video_frames), names,
+                              progress, should_stop)
+    figures.update(
+        identities=seeds, views=[list(view) for view in LABEL_VIEWS[:views]],
+        video_identities=seeds[:video_identities],
+        video={"frames": video_frames, "yaw": [-VIDEO_YAW, VIDEO_YAW], "pitch": 0.0},
+        resolution=labeller.resolution, depth_tolerance=DEPTH_TOLERANCE,
+    )
+    branch.clear_cache()
+    return figures
+
+
+# ---------------------------------------------------------------------------- checkpoint validation
+class ValidationSet:
+    """mIoU and pixel accuracy on a few procedural identities, for the trainer's checkpoints.
+
+    The identities are far into the 'evaluate' range (VALIDATION_SEED_OFFSET), never annotated
+    and never among those `evaluate labels` reports on; the figures are only recorded, nothing
+    is selected by them. The backbone's views and the truth are computed once, so a validation
+    costs only the semantic part of each view.
+    """
+
+    def __init__(self, backbone, resolution: int, identities: int = 2, views=VALIDATION_VIEWS,
+                 class_names: list[str] | None = None):
+        from core.procedural import seeds_for
+
+        self.seeds = seeds_for("evaluate", identities, VALIDATION_SEED_OFFSET)
+        self.views = [tuple(view) for view in views]
+        self.resolution = int(resolution)
+        self.class_names = class_names
+        self._backbone = backbone
+        self._items = None  # [(seed, camera, identity, view, truth labels)], made on first use
+
+    def describe(self) -> dict:
+        return {"source": "procedural 'evaluate'-range identities (never annotated; not those of "
+                          "`evaluate labels`)",
+                "seeds": self.seeds, "views": [list(view) for view in self.views], "resolution": self.resolution}
+
+    def _prepare(self, branch) -> list:
+        labeller = BranchLabeller(branch, self._backbone, self.resolution)
+        truth = ProceduralLabeller(self.resolution)
+        items = []
+        for seed in self.seeds:
+            for camera in label_cameras(self._backbone, self.views):
+                identity, view, _ = labeller.render(seed, camera)
+                items.append((camera, identity, view, truth(seed, camera).labels))
+        return items
+
+    @torch.no_grad()
+    def __call__(self, branch) -> dict:
+        if self._items is None:
+            self._items = self._prepare(branch)
+        labeller = BranchLabeller(branch, self._backbone, self.resolution)
+        num_classes = branch.num_classes
+        confusion = np.zeros((num_classes, num_classes), np.int64)
+        for camera, identity, view, truth in self._items:
+            confusion += confusion_matrix(labeller.labels(identity, view, camera), truth, num_classes)
+        figures = label_figures(confusion, self.class_names)
+        return {"validation_miou": figures["miou"], "validation_pixel_accuracy": figures["pixel_accuracy"],
+                "validation": self.describe()}
