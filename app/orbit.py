@@ -15,8 +15,9 @@ from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QButtonGroup, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
                                QPushButton, QRadioButton, QSlider, QSpinBox, QStackedLayout,
-                               QVBoxLayout, QWidget)
+                               QTabWidget, QVBoxLayout, QWidget)
 
+from app.pointcloud import PointCloudPanel
 from app.rendering import Frame, ViewRequest
 from app.semantic import BranchState, blend_labels, colour_labels, load_project_branch
 from app.widgets import image_view_widget, placeholder
@@ -63,6 +64,7 @@ class OrbitWorkspace(QWidget):
         self.mode = "RGB"
         self.branch_state = load_project_branch(None, None)
         self._palette = np.zeros((1, 3), np.uint8)
+        self._label_names: dict[int, str] = {}
         self.last_frame: Frame | None = None
         self.frames_shown = 0
         self._stale = False
@@ -78,6 +80,7 @@ class OrbitWorkspace(QWidget):
         self.backbone = backbone
         self.renderer.set_backbone(backbone)
         self._palette = project.label_set.palette() if project is not None else np.zeros((1, 3), np.uint8)
+        self._label_names = {label.id: label.name for label in project.label_set.labels} if project else {}
         # Without a project this says why there are no labels; with one, the window hands over
         # the project's branch right after this (MainWindow.reload_semantic_branch).
         self.set_semantic_branch(load_project_branch(project, backbone) if project is None
@@ -94,6 +97,7 @@ class OrbitWorkspace(QWidget):
             self._mode_buttons[mode].setEnabled(available)
             self._mode_buttons[mode].setToolTip(state.note)
         self._branch_label.setText(state.note)
+        self.cloud_panel.set_models(self.backbone, state.branch, self._palette, self._label_names, state.note)
         if not available and self.mode in LABEL_MODES:
             self.set_mode("RGB")
         elif refresh and self.mode in LABEL_MODES:
@@ -102,6 +106,7 @@ class OrbitWorkspace(QWidget):
     def set_label_palette(self, palette: np.ndarray) -> None:
         """New label colours (the label set was edited)."""
         self._palette = palette
+        self.cloud_panel.palette = palette
         if self.last_frame is not None:
             self._show_frame(self.last_frame)
 
@@ -110,6 +115,11 @@ class OrbitWorkspace(QWidget):
 
     def shutdown(self) -> None:
         self.renderer.shutdown()
+        self.cloud_panel.shutdown()
+
+    def fuse_point_cloud(self) -> None:
+        """The point-cloud tab's button: fuse the identity on screen now."""
+        self.cloud_panel.fuse(self.view.seed, self.view.truncation_psi)
 
     # ================================================================== camera and identity
     def set_seed(self, seed: int) -> None:
@@ -219,7 +229,14 @@ class OrbitWorkspace(QWidget):
         self.view_box.setRange(QRectF(0, 0, 1, 1), padding=0.02)
         self.view_box.orbit_dragged.connect(lambda dx, dy, done: self.orbit_by(dx, dy, interactive=not done))
         self.view_box.zoomed.connect(self.zoom_by)
-        row.addWidget(self.canvas, stretch=1)
+        self.cloud_panel = PointCloudPanel()
+        self.cloud_panel.fuse_requested.connect(self.fuse_point_cloud)
+        self.cloud_panel.error.connect(self.error)
+        self.cloud_panel.busy_changed.connect(self.busy_changed)
+        self.views = QTabWidget()
+        self.views.addTab(self.canvas, "Render")
+        self.views.addTab(self.cloud_panel, "Point cloud")
+        row.addWidget(self.views, stretch=1)
         row.addWidget(self._build_controls())
         self._pages.addWidget(page)
         self._update()

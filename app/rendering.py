@@ -12,6 +12,8 @@ import numpy as np
 import torch
 
 from core.camera import DEFAULT_FOV_DEG, Camera
+from core.factory.pointcloud import PointCloud, fuse_identity_views
+from core.factory.views import ALPHA_THRESHOLD
 from core.fitting.trainer import composite_on_grey
 from core.imaging import depth_to_uint8, rgb_to_uint8
 from core.semantic import labels_for_view
@@ -127,3 +129,11 @@ def predict_mask(backbone, branch, seed: int, truncation_psi: float, camera: Cam
         labelled = labels_for_view(branch, backbone.generator, identity, camera.label().to(backbone.device),
                                    resolution)
     return labelled.labels[0].to(torch.uint8).cpu().numpy()
+
+
+def fuse_cloud(backbone, branch, seed: int, truncation_psi: float, cameras: list[Camera], resolution: int,
+               alpha_threshold: float = ALPHA_THRESHOLD) -> PointCloud:
+    """The identity's labelled cloud fused over `cameras` (core.factory's fusion, as the factory's PLY)."""
+    with _RENDER_TURN, torch.no_grad():
+        identity = backbone.identity_from_seed(seed, truncation_psi)
+        return fuse_identity_views(backbone, branch, identity, cameras, resolution, alpha_threshold=alpha_threshold)

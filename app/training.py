@@ -159,7 +159,8 @@ class TrainDialog(QDialog):
             self._status.setText("Stopping after this step; the branch is saved as it is…")
 
     def is_running(self) -> bool:
-        return self.job is not None and self.job.isRunning()
+        """True from Start until the end of the run has been handled on this thread."""
+        return self.job is not None
 
     def stop_and_wait(self) -> None:
         """Stop a running job and block until it has saved and ended (the project closing)."""

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
-from app.rendering import Frame, ViewRequest, render_frame
+from app.rendering import COARSE_SAMPLES_PER_RAY, Frame, ViewRequest, render_frame
 
 REFINE_DELAY_MS = 150
 # Preview frames while dragging: this many rays a side, with COARSE_SAMPLES_PER_RAY samples each
@@ -98,11 +98,13 @@ class RenderClient(QObject):
     _wake = Signal()
 
     def __init__(self, parent: QObject | None = None, refine_delay_ms: int = REFINE_DELAY_MS,
-                 coarse_resolution: int = COARSE_NEURAL_RESOLUTION, render: Callable = render_frame):
+                 coarse_resolution: int = COARSE_NEURAL_RESOLUTION, render: Callable = render_frame,
+                 coarse_samples_per_ray: tuple[int, int] | None = COARSE_SAMPLES_PER_RAY):
         super().__init__(parent)
         self.backbone = None
         self.branch = None
         self.coarse_resolution = coarse_resolution
+        self.coarse_samples_per_ray = coarse_samples_per_ray
         self.rendered_count = 0  # frames the worker produced (tests check coalescing with it)
         self._next_id = 1
         self._newest_shown = 0
@@ -144,7 +146,7 @@ class RenderClient(QObject):
             return self._post(view, coarse=False)
         self._pending_refine = view
         self._refine_timer.start()  # restarts: the refined frame waits for the drag to rest
-        return self._post(view.as_preview(self._coarse_resolution_for(view)), coarse=True)
+        return self._post(view.as_preview(self._coarse_resolution_for(view), self.coarse_samples_per_ray), coarse=True)
 
     def cancel(self) -> None:
         """Forget pending requests and drop any frame still being rendered."""

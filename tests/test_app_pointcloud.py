@@ -1,0 +1,107 @@
+"""The Orbit workspace's point-cloud view: fusion in the background, point size, per-class visibility.
+
+The Qt side runs offscreen (no GL there: the panel says so); the vispy drawing itself is checked
+under an EGL context, and skipped with the reason when this machine has none.
+"""
+import os
+
+import numpy as np
+import pytest
+from app_support import gui_thread_garbage_collection, save_tiny_branch, tiny_backbone, tiny_project  # noqa: F401
+
+from app.orbit import OrbitWorkspace
+from app.pointcloud import CLOUD_VIEWS, CloudScene
+from app.semantic import load_project_branch
+from core.factory.pointcloud import PointCloud
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return tiny_backbone()
+
+
+@pytest.fixture
+def project(tmp_path, backbone):
+    project = tiny_project(tmp_path / "proj", backbone)
+    yield project
+    project.close()
+
+
+@pytest.fixture
+def orbit(qtbot, backbone, project):
+    workspace = OrbitWorkspace()
+    qtbot.addWidget(workspace, before_close_func=lambda w: w.shutdown())
+    workspace.resize(900, 600)
+    workspace.show()
+    workspace.set_session(backbone, project)
+    return workspace
+
+
+def test_cloud_needs_a_branch_and_says_so(orbit, backbone, project):
+    orbit.set_semantic_branch(load_project_branch(project, backbone))
+    panel = orbit.cloud_panel
+    assert not panel._fuse_button.isEnabled() and "no trained semantic branch" in panel._status.text()
+
+
+def test_fused_cloud_of_the_identity_with_per_class_visibility(orbit, qtbot, backbone, project):
+    save_tiny_branch(project, backbone)
+    orbit.set_semantic_branch(load_project_branch(project, backbone))
+    orbit.views.setCurrentWidget(orbit.cloud_panel)
+    orbit.set_seed(5)
+    panel = orbit.cloud_panel
+    panel.alpha_threshold = 0.0  # a random tiny backbone is nowhere opaque: every pixel counts here
+    assert panel._fuse_button.isEnabled()
+    panel._fuse_button.click()
+    qtbot.waitUntil(lambda: panel.cloud is not None, timeout=60000)
+    cloud = panel.cloud
+    assert panel.cloud_seed == (5, 1.0) and len(cloud) > 0 and str(len(CLOUD_VIEWS)) in panel._status.text()
+    assert panel.visible_points() == len(cloud)
+    labels, counts = np.unique(cloud.labels, return_counts=True)
+    assert panel._classes.count() == len(labels)
+    panel.set_class_visible(int(labels[0]), False)
+    assert panel.visible_points() == len(cloud) - counts[0]
+    panel.set_class_visible(int(labels[0]), True)
+    assert panel.visible_points() == len(cloud)
+    panel.set_point_size(9)
+    assert panel._size.value() == 9
+    if panel.scene is None:  # offscreen Qt: the canvas is replaced by a note that says why
+        assert "OpenGL" in panel.findChildren(type(panel._status))[0].text()
+
+
+def egl_canvas():
+    """A vispy canvas on an EGL context without a display, or a skip saying why there is none."""
+    os.environ.setdefault("EGL_PLATFORM", "surfaceless")
+    try:
+        from vispy import app, scene
+
+        app.use_app("egl")
+        return scene.SceneCanvas(size=(160, 160), show=False, bgcolor="black", app="egl")
+    except Exception as error:  # no libEGL, no driver, vispy already bound to another backend...
+        pytest.skip(f"no EGL context for the GL check: {type(error).__name__}: {error}")
+
+
+def test_vispy_scene_draws_the_visible_classes_only():
+    canvas = egl_canvas()
+    scene = CloudScene(canvas)
+    grid = np.stack(np.meshgrid(np.linspace(-0.3, 0.3, 20), np.linspace(-0.3, 0.3, 20), [0.0]), -1).reshape(-1, 3)
+    labels = (grid[:, 0] > 0).astype(np.uint8) + 1  # left half class 1 (red), right half class 2 (green)
+    cloud = PointCloud(grid, np.full((len(grid), 3), 200), labels)
+    palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)
+    scene.set_point_size(6)
+    scene.set_cloud(cloud, palette)
+
+    def drawn():
+        image = canvas.render()[..., :3].astype(int)
+        return (image[..., 0] > 128) & (image[..., 1] < 64), (image[..., 1] > 128) & (image[..., 0] < 64)
+
+    red, green = drawn()
+    assert red.sum() > 100 and green.sum() > 100
+    # Seen as the frontal camera sees the head: -x (class 1) on the left.
+    assert np.nonzero(red)[1].mean() < np.nonzero(green)[1].mean()
+    scene.set_hidden_labels({1})
+    red, green = drawn()
+    assert red.sum() == 0 and green.sum() > 100
+    scene.set_colour_by("rgb")
+    image = canvas.render()[..., :3]
+    assert (np.abs(image.astype(int) - 200).max(-1) <= 2).sum() > 100  # the points' own grey
+    canvas.close()
