@@ -3,6 +3,8 @@
     python benchmarks/bench_semantic.py                         # default-sized config, random weights, CPU
     python benchmarks/bench_semantic.py --backbone default      # the embedded default (once it is fit)
     python benchmarks/bench_semantic.py --config ffhq512 --device cuda --resolution 512
+    python benchmarks/bench_semantic.py --plateau /tmp/p90 --annotations 90 --steps 1000 --threads 1
+    python benchmarks/bench_semantic.py --plateau-log PROJECT/semantic/training_log.json
 
 Prints milliseconds (median of --repeats after one warm-up) for:
   encode        the semantic tri-plane of one identity (once per identity, then cached)
@@ -12,11 +14,20 @@ Prints milliseconds (median of --repeats after one warm-up) for:
   train step    one optimiser step on `--views-per-step` prepared annotations
 and how many points per ray the semantic decoder evaluates (at most --samples-per-ray; rays that
 miss the head cost nothing, so a random backbone, with density everywhere, is the worst case).
+
+--plateau FOLDER: time to plateau of `train-semantic` on the embedded default. The folder gets a
+project with --annotations simulated annotations (identities x yaw -30/0/+30) unless it already
+holds one; training runs through the command line (run 'plateau-bench', a checkpoint with its
+validation mIoU every --every steps) and the report lists, per checkpoint, the time spent
+preparing and training (validation excluded) and the validation mIoU. The plateau is the first
+checkpoint within --tolerance of the run's best validation mIoU. --plateau-log reports on the
+training_log.json of a run made before (e.g. the one behind docs/semantic.md).
 Not a test.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -90,6 +101,53 @@ def striped_mask(resolution: int, num_classes: int, offset: int) -> np.ndarray:
     return np.tile(columns.astype(np.uint8), (resolution, 1))
 
 
+# ---------------------------------------------------------------------------- time to plateau
+PLATEAU_VIEWS = [(-30.0, 0.0), (0.0, 0.0), (30.0, 0.0)]
+PLATEAU_RUN = "plateau-bench"
+
+
+def train_for_plateau(args) -> Path:
+    """Annotate (if needed) and train through `train-semantic`; returns the run's training log."""
+    from core.cli import main as cli_main
+    from core.project import BackboneRef, Project, default_label_set
+    from core.project.simulate import simulate_annotations
+    from core.procedural import seeds_for
+
+    folder = Path(args.plateau)
+    if not Project.exists(folder):
+        identities = max(1, args.annotations // len(PLATEAU_VIEWS))
+        backbone = load_backbone("default")
+        with Project.create(folder, BackboneRef.for_backbone(backbone, "default"), default_label_set()) as project:
+            simulate_annotations(project, backbone, seeds_for("annotate", identities), PLATEAU_VIEWS)
+    command = ["train-semantic", "--project", str(folder), "--run", PLATEAU_RUN, "--steps", str(args.steps),
+               "--checkpoint-every", str(args.every), "--validate", "procedural"]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    if (folder / "semantic" / PLATEAU_RUN).is_dir():
+        command.append("--resume")
+    status = cli_main(command)
+    if status != 0:
+        raise SystemExit(status)
+    return folder / "semantic" / PLATEAU_RUN / "training_log.json"
+
+
+def report_plateau(log_path: Path, tolerance: float) -> None:
+    entries = [e for e in json.loads(Path(log_path).read_text()) if e.get("validation_miou") is not None]
+    if not entries:
+        raise SystemExit(f"{log_path} has no checkpoint with a validation mIoU")
+    best = max(e["validation_miou"] for e in entries)
+    plateau = next(e for e in entries if e["validation_miou"] >= best - tolerance)
+    print(f"{'step':>6} {'min':>7} {'val mIoU':>9}   ({log_path})")
+    for e in entries:
+        mark = "  <- plateau" if e is plateau else ""
+        print(f"{e['step']:>6} {e['elapsed_s'] / 60:7.1f} {e['validation_miou']:9.4f}{mark}")
+    print(f"time to plateau (within {tolerance} of the best validation mIoU {best:.4f}): "
+          f"{plateau['elapsed_s'] / 60:.1f} min, step {plateau['step']} (preparation included, validation excluded; "
+          "issue target on 2 CPU cores: 15 min)")
+    if plateau is entries[-1] and len(entries) > 1 and best - entries[-2]["validation_miou"] > tolerance:
+        print("the best checkpoint is the last one and still improving: no plateau yet, train longer")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="default", help="'default' or an official config (ffhq512, ...)")
@@ -103,9 +161,18 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=TrainingSettings.crop_size, help="training crop (0: whole views)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--plateau", metavar="FOLDER", help="time to plateau of train-semantic (see above)")
+    parser.add_argument("--plateau-log", metavar="JSON", help="time to plateau from an existing training_log.json")
+    parser.add_argument("--annotations", type=int, default=90, help="--plateau: simulated annotations (default 90)")
+    parser.add_argument("--steps", type=int, default=1000, help="--plateau: training steps (default 1000)")
+    parser.add_argument("--every", type=int, default=100, help="--plateau: steps between validations (default 100)")
+    parser.add_argument("--tolerance", type=float, default=0.01, help="plateau: mIoU within this of the best")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.plateau or args.plateau_log:
+        report_plateau(Path(args.plateau_log) if args.plateau_log else train_for_plateau(args), args.tolerance)
+        return
     device = pick_device(args.device)
     quadrature = dict(min_weight=args.min_weight, samples_per_ray=args.samples_per_ray or None)
     backbone = make_backbone(args, device)
@@ -138,6 +205,8 @@ def main() -> None:
     show("labels, reusing the render", labels_ms,
          f"({points_per_ray:.1f} decoder points per ray of {view.samples['depths'].shape[2]})")
     show("labels_for_view from scratch", full_ms)
+    print(f"labels for a new view of a cached identity: {full_ms[0] / 1000:.2f} s wall at {args.resolution}² "
+          f"(issue target at 128² on CPU: 0.3 s)")
 
     settings = TrainingSettings(views_per_step=args.views_per_step, min_sample_weight=args.min_weight,
                                 samples_per_ray=quadrature["samples_per_ray"], crop_size=args.crop or None)
