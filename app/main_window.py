@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMenu, QMessage
 from app.annotate import SHORTCUTS_HELP, AnnotateWorkspace
 from app.dialogs import LabelSetDialog, NewProjectChoice, NewProjectDialog, choose_backbone_file
 from app.errors import show_error
+from app.factory import GenerateDialog
 from app.orbit import OrbitWorkspace
 from app.semantic import load_project_branch
 from app.training import TrainDialog
@@ -42,6 +43,7 @@ class MainWindow(QMainWindow):
         self._busy: dict[str, bool] = {}
         self._tasks: set = set()
         self.train_dialog: TrainDialog | None = None
+        self.generate_dialog: GenerateDialog | None = None
         self._last_error = ("", 0.0)
         self.setWindowTitle("DatasetNeRF Studio")
         self.resize(1280, 820)
@@ -135,13 +137,27 @@ class MainWindow(QMainWindow):
         self.train_dialog.show()
         self.train_dialog.raise_()
 
+    def generate_dataset(self) -> None:
+        """Open (or bring back) the Generate dialog for the open project."""
+        if self.project is None:
+            show_error(self, "Generate Dataset", "Open or create a project first: the factory uses its backbone "
+                                                 "and its trained semantic branch.")
+            return
+        if self.generate_dialog is None:
+            self.generate_dialog = GenerateDialog(self.project, self.device.type, self)
+            self.generate_dialog.busy_changed.connect(lambda busy: self._set_busy("Generating", busy))
+        self.generate_dialog.show()
+        self.generate_dialog.raise_()
+
     def _end_project_jobs(self) -> None:
-        """Before the project closes: a training run stops (saving its branch) and its dialog goes."""
-        if self.train_dialog is not None:
-            self.train_dialog.stop_and_wait()
-            self.train_dialog.hide()
-            self.train_dialog.deleteLater()
-            self.train_dialog = None
+        """Before the project closes: training and generation stop (keeping what they wrote), dialogs go."""
+        for name in ("train_dialog", "generate_dialog"):
+            dialog = getattr(self, name)
+            if dialog is not None:
+                dialog.stop_and_wait()
+                dialog.hide()
+                dialog.deleteLater()
+                setattr(self, name, None)
 
     def show_error(self, message: str) -> None:
         """Workspace errors; the same message repeating within a few seconds is shown once."""
@@ -286,6 +302,7 @@ class MainWindow(QMainWindow):
         project_menu = self.menuBar().addMenu("&Project")
         self._add_action(project_menu, "Edit &Labels…", self.edit_labels)
         self._add_action(project_menu, "&Train Semantic Branch…", self.train_semantic_branch, QKeySequence("Ctrl+T"))
+        self._add_action(project_menu, "&Generate Dataset…", self.generate_dataset, QKeySequence("Ctrl+G"))
         help_menu = self.menuBar().addMenu("&Help")
         self._add_action(help_menu, "Keyboard &Shortcuts", self.show_shortcuts, QKeySequence("F1"))
 
