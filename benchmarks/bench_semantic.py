@@ -137,13 +137,15 @@ def report_plateau(log_path: Path, tolerance: float) -> None:
         raise SystemExit(f"{log_path} has no checkpoint with a validation mIoU")
     best = max(e["validation_miou"] for e in entries)
     plateau = next(e for e in entries if e["validation_miou"] >= best - tolerance)
-    print(f"{'step':>6} {'min':>7} {'val mIoU':>9}   ({log_path})")
+    print(f"{'step':>6} {'wall min':>9} {'CPU min':>8} {'val mIoU':>9}   ({log_path})")
     for e in entries:
         mark = "  <- plateau" if e is plateau else ""
-        print(f"{e['step']:>6} {e['elapsed_s'] / 60:7.1f} {e['validation_miou']:9.4f}{mark}")
+        cpu = f"{e['cpu_s'] / 60:8.1f}" if e.get("cpu_s") is not None else f"{'-':>8}"
+        print(f"{e['step']:>6} {e['elapsed_s'] / 60:9.1f} {cpu} {e['validation_miou']:9.4f}{mark}")
+    cpu = f", {plateau['cpu_s'] / 60:.1f} CPU min" if plateau.get("cpu_s") is not None else ""
     print(f"time to plateau (within {tolerance} of the best validation mIoU {best:.4f}): "
-          f"{plateau['elapsed_s'] / 60:.1f} min, step {plateau['step']} (preparation included, validation excluded; "
-          "issue target on 2 CPU cores: 15 min)")
+          f"{plateau['elapsed_s'] / 60:.1f} min wall{cpu}, step {plateau['step']} (preparation included, validation "
+          "excluded; issue target on 2 CPU cores: 15 min)")
     if plateau is entries[-1] and len(entries) > 1 and best - entries[-2]["validation_miou"] > tolerance:
         print("the best checkpoint is the last one and still improving: no plateau yet, train longer")
 

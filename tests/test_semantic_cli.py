@@ -60,6 +60,7 @@ def test_train_semantic_writes_checkpoints_with_validation_and_resume_continues(
     assert steps_in(directory) == [2, 3]
     metrics = read_branch_metadata(directory / "semantic-step0000003.safetensors")["metrics"]
     assert 0 <= metrics["validation_miou"] <= 1 and "procedural" in metrics["validation"]["source"]
+    assert metrics["cpu_s"] > 0 and metrics["elapsed_s"] > 0
     assert all(seed in range(2_000_000, 3_000_000) for seed in metrics["validation"]["seeds"])
     assert "done at step 3" in capsys.readouterr().out
 
