@@ -1,0 +1,337 @@
+"""Inversion and 3D-aware semantic editing (core.editing) on tiny random generators."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from core.backbone import seed_to_z
+from core.camera import Camera
+from core.editing.inputs import EditingInputError, check_label_map, prepare_image, read_image, read_label_map
+from core.editing.inversion import InversionSettings, invert_image, invert_labels
+from core.editing.perceptual import (VGG16_CHANNELS, VGG16_CONV_INDICES, PerceptualWeightsError, StructuralLoss,
+                                     VGGPerceptualLoss, perceptual_loss)
+from core.editing.rendering import CameraRig, render, to_uint8
+from core.editing.semantic_edit import (EditSettings, NoOpEditError, edit_identity, edited_label_ids,
+                                        region_of_interest, render_view)
+from core.editing.store import edit_figures, read_latent, save_edit, write_latent
+from core.fitting.config import tiny_fit_config
+from core.generator.triplane import TriPlaneGenerator
+from core.semantic import SemanticBranch
+
+RES = 16
+NUM_CLASSES = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny networks: threading only adds overhead, and the machine is shared.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def G():
+    return TriPlaneGenerator.from_config(tiny_fit_config(plane_resolution=32, neural_resolution=RES), 0)
+
+
+@pytest.fixture(scope="module")
+def branch(G):
+    torch.manual_seed(3)
+    branch = SemanticBranch.for_generator(G, NUM_CLASSES).eval().requires_grad_(False)
+    with torch.no_grad():  # an untrained branch's logits are nearly uniform; make them respond to w
+        branch.decoder.classifier.weight.mul_(30)
+    return branch
+
+
+def ws_of(G, seed):
+    with torch.no_grad():
+        return G.mapping(seed_to_z(seed, G.z_dim), G.frontal_camera_label()[None])
+
+
+def smooth_image(seed=0, size=32):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 3, size // 4, size // 4, generator=generator) * 2 - 1
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+# ---------------------------------------------------------------------------- perceptual losses
+def fabricated_vgg_state(seed=0) -> dict:
+    """A torchvision-format VGG16 state dict of random tensors (shapes as vgg16().state_dict())."""
+    generator = torch.Generator().manual_seed(seed)
+    state, in_channels = {}, 3
+    for index, channels in zip(VGG16_CONV_INDICES, VGG16_CHANNELS):
+        state[f"features.{index}.weight"] = torch.randn(channels, in_channels, 3, 3, generator=generator) * (2 / (9 * in_channels)) ** 0.5
+        state[f"features.{index}.bias"] = torch.zeros(channels)
+        in_channels = channels
+    state["classifier.6.bias"] = torch.zeros(1000)  # present in the real file; ignored
+    return state
+
+
+def distortions(image):
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(image.shape, generator=generator)
+    return [image + 0.02 * noise, image + 0.1 * noise, image + 0.4 * noise]
+
+
+@pytest.mark.parametrize("make", [lambda path: StructuralLoss(), lambda path: VGGPerceptualLoss(path)],
+                         ids=["structural", "vgg"])
+def test_perceptual_losses_are_zero_for_identical_images_and_grow_with_distortion(tmp_path, make):
+    path = tmp_path / "vgg16.pth"
+    torch.save(fabricated_vgg_state(), path)
+    loss = make(path)
+    image = smooth_image()
+    assert float(loss(image, image.clone())) == pytest.approx(0.0, abs=1e-6)
+    values = [float(loss(distorted, image)) for distorted in distortions(image)]
+    assert values[0] > 1e-6 and values[0] < values[1] < values[2]
+    blurred = torch.nn.functional.avg_pool2d(image, 3, 1, 1, count_include_pad=False)
+    assert float(loss(blurred, image)) > 0
+
+
+def test_vgg_weights_load_from_safetensors_and_say_which_loss_is_active(tmp_path):
+    from safetensors.torch import save_file
+
+    state = fabricated_vgg_state(2)
+    save_file(state, str(tmp_path / "vgg16.safetensors"))
+    loss = perceptual_loss(tmp_path / "vgg16.safetensors")
+    assert loss.name == "lpips-vgg16"
+    assert torch.equal(loss.vgg.features["28"].weight, state["features.28.weight"])
+    assert perceptual_loss(None).name == "ms-ssim+gradients"
+
+
+def test_a_wrong_vgg_file_is_a_clear_error(tmp_path):
+    missing = fabricated_vgg_state()
+    del missing["features.10.weight"]
+    torch.save(missing, tmp_path / "missing.pth")
+    with pytest.raises(PerceptualWeightsError, match=r"missing.pth.*features.10.weight"):
+        VGGPerceptualLoss(tmp_path / "missing.pth")
+    wrong = fabricated_vgg_state()
+    wrong["features.0.weight"] = torch.zeros(64, 1, 3, 3)
+    torch.save(wrong, tmp_path / "wrong.pth")
+    with pytest.raises(PerceptualWeightsError, match=r"wrong.pth: features.0.weight has shape \(64, 1, 3, 3\)"):
+        VGGPerceptualLoss(tmp_path / "wrong.pth")
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(PerceptualWeightsError, match="garbage.pth: unreadable"):
+        VGGPerceptualLoss(tmp_path / "garbage.pth")
+    with pytest.raises(PerceptualWeightsError, match="not found"):
+        VGGPerceptualLoss(tmp_path / "absent.pth")
+
+
+# ---------------------------------------------------------------------------- cameras
+@pytest.mark.parametrize("yaw,pitch", [(0, 0), (35, -12), (-80, 25)])
+def test_differentiable_camera_equals_the_studio_camera(G, yaw, pitch):
+    rig = CameraRig.of(G)
+    expected = Camera(yaw, pitch, rig.radius, rig.fov, rig.pivot).label()
+    yaw_t = torch.tensor(float(yaw), requires_grad=True)
+    label = rig.label(yaw_t, torch.tensor(float(pitch)))
+    assert torch.allclose(label[0], expected, atol=1e-5)
+    label[0, 3].backward()  # camera x moves with yaw
+    assert yaw_t.grad is not None and float(yaw_t.grad) != 0
+
+
+# ---------------------------------------------------------------------------- inversion
+def test_rgb_inversion_recovers_a_known_identity_better_than_its_start(G):
+    rig = CameraRig.of(G)
+    true_ws, true_yaw = ws_of(G, 7), 25.0
+    with torch.no_grad():
+        target = to_uint8(render(G, true_ws, rig.label(torch.tensor(true_yaw), torch.tensor(0.0)), RES).image)
+    settings = InversionSettings(start_yaws=(0.0,), random_starts=1, start_steps=5, start_resolution=RES,
+                                 steps=40, resolution=RES, learning_rate=0.1, pose_learning_rate=2.0)
+    reports = []
+    result = invert_image(G, target, settings, progress=reports.append)
+    assert result.perceptual == "ms-ssim+gradients" and len(reports) == settings.total_steps()
+
+    def image_error(ws, yaw):
+        with torch.no_grad():
+            image = render(G, ws, rig.label(torch.tensor(yaw), torch.tensor(0.0)), RES).image
+        return float((to_uint8(image).astype(float) - target).__pow__(2).mean())
+
+    start_error = min(image_error(ws_of(G, 0) * 0 + G.backbone.mapping.w_avg, 0.0), image_error(ws_of(G, 0), 0.0))
+    assert image_error(result.ws, result.yaw) < 0.5 * start_error
+    assert abs(result.yaw - true_yaw) < true_yaw  # closer to the true pose than the frontal start
+    assert result.history[0]["loss"] > result.loss
+
+
+def test_segmentation_inversion_lowers_the_cross_entropy_and_stops_when_asked(G, branch):
+    rig = CameraRig.of(G)
+    _, labels = render_view(G, branch, ws_of(G, 5), 10.0, 0.0, RES)
+    settings = InversionSettings(start_yaws=(0.0,), random_starts=0, start_steps=2, start_resolution=RES, steps=12,
+                                 resolution=RES, learning_rate=0.1)
+    result = invert_labels(G, branch, labels, settings)
+    assert result.loss < result.history[0]["loss"]
+    calls = []
+    stopped = invert_labels(G, branch, labels, settings, should_stop=lambda: len(calls) >= 3, progress=calls.append)
+    assert stopped.stopped and len(stopped.history) == 3
+    with pytest.raises(ValueError, match="ids up to 9"):
+        invert_labels(G, branch, np.full((RES, RES), 9, np.uint8), settings)
+    assert rig.radius > 0
+
+
+# ---------------------------------------------------------------------------- editing
+def paint_square(labels, value, top=4, left=4, size=6):
+    edited = labels.copy()
+    edited[top:top + size, left:left + size] = value
+    return edited
+
+
+def test_edit_lowers_the_cross_entropy_inside_r_and_keeps_rgb_outside(G, branch):
+    ws = ws_of(G, 3)
+    before = render_view(G, branch, ws, 0.0, 0.0, RES)
+    # "Enlarge a part": grow the second most common label by two pixels (as enlarging the eyes).
+    part = int(np.argsort(np.bincount(before[1].ravel(), minlength=NUM_CLASSES))[-2])
+    grown = cv2.dilate((before[1] == part).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    edited = np.where(grown, part, before[1]).astype(np.uint8)
+    settings = EditSettings(steps=25, resolution=RES, learning_rate=0.1, rgb_weight=10.0, dilation=1, preview_every=5)
+    previews = []
+    result = edit_identity(G, branch, ws, 0.0, 0.0, edited, settings,
+                           progress=lambda r: previews.append(r) if r.preview_rgb is not None else None)
+    assert previews and previews[0].preview_rgb.shape == (RES, RES, 3)
+    region = result.region
+    assert region[edited != before[1]].all()
+
+    def ce_inside(ws_):
+        with torch.no_grad():
+            logits = render(G, ws_, CameraRig.of(G).label(torch.tensor(0.0), torch.tensor(0.0)), RES, branch).logits
+        target = torch.from_numpy(edited.astype(np.int64))[None]
+        ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")[0].numpy()
+        return ce[region].mean()
+
+    assert ce_inside(result.ws) < 0.8 * ce_inside(ws)
+    figures = edit_figures(result)
+    assert 25 < figures["psnr_outside_region"] < float("inf")  # changed, but little, outside r
+
+
+def test_region_of_interest_is_the_edited_labels_before_and_after():
+    before = np.zeros((20, 20), np.uint8)
+    before[2:18, 2:18] = 1  # head
+    before[8:10, 8:10] = 2  # a small eye
+    after = before.copy()
+    after[7:11, 7:11] = 2  # the eye enlarged
+    assert edited_label_ids(before, after) == [2]  # the head lost a few pixels: not an edited label
+    region = region_of_interest(before, after, [2], dilation=0)
+    assert region.sum() == 16 and region[7:11, 7:11].all()
+    assert region_of_interest(before, after, [2], dilation=1).sum() > 16
+
+
+def test_bad_edit_inputs_are_clear_errors(G, branch):
+    ws = ws_of(G, 3)
+    before = render_view(G, branch, ws, 0.0, 0.0, RES)
+    with pytest.raises(NoOpEditError, match="identical"):
+        edit_identity(G, branch, ws, 0.0, 0.0, before[1].copy(), EditSettings(steps=1, resolution=RES), before=before)
+    with pytest.raises(EditingInputError, match=r"is 8x8, but the render it edits is 16x16"):
+        edit_identity(G, branch, ws, 0.0, 0.0, before[1][:8, :8].copy(), EditSettings(steps=1, resolution=RES),
+                      before=before)
+    with pytest.raises(EditingInputError, match=r"label ids \[7\]"):
+        edit_identity(G, branch, ws, 0.0, 0.0, paint_square(before[1], 7), EditSettings(steps=1, resolution=RES))
+
+
+def test_images_are_cropped_resized_and_grey_ones_refused(tmp_path):
+    import cv2
+
+    rgb = np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)
+    prepared = prepare_image(rgb, 32)
+    assert prepared.rgb.shape == (32, 32, 3) and "centre-cropped 90x60 to 60x60" in prepared.note
+    with pytest.raises(EditingInputError, match="grey-scale"):
+        prepare_image(rgb[..., 0], 32)
+    with pytest.raises(EditingInputError, match="grey-scale image stored as RGB"):
+        prepare_image(np.repeat(rgb[..., :1], 3, 2), 32)
+    cv2.imwrite(str(tmp_path / "grey.png"), rgb[..., 0])
+    with pytest.raises(EditingInputError, match="grey.png is a grey-scale image"):
+        read_image(tmp_path / "grey.png", 32)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(EditingInputError, match="broken.png: not a readable image"):
+        read_image(tmp_path / "broken.png", 32)
+    cv2.imwrite(str(tmp_path / "colour.png"), rgb[..., ::-1])
+    assert np.array_equal(read_image(tmp_path / "colour.png", 60).rgb, rgb[:, 15:75])
+
+
+def test_label_maps_are_checked(tmp_path):
+    from core.fileio import write_indexed_png
+
+    labels = np.zeros((16, 16), np.uint8)
+    labels[4:8, 4:8] = 3
+    write_indexed_png(tmp_path / "map.png", labels, np.zeros((4, 3), np.uint8))
+    assert np.array_equal(read_label_map(tmp_path / "map.png", 4, resolution=16)[0], labels)
+    resized, note = read_label_map(tmp_path / "map.png", 4, fit_to=8)
+    assert resized.shape == (8, 8) and "resized 16x16 to 8x8" in note and set(np.unique(resized)) <= {0, 3}
+    with pytest.raises(EditingInputError, match=r"map.png holds label ids \[3\]"):
+        read_label_map(tmp_path / "map.png", 3)
+    with pytest.raises(EditingInputError, match="map.png is 16x16, but the render it edits is 32x32"):
+        check_label_map(labels, 4, "map.png", 32)
+
+
+def test_latents_round_trip_and_bad_ones_are_named(G, tmp_path):
+    ws = ws_of(G, 1)
+    write_latent(tmp_path / "latent.npy", ws)
+    assert torch.equal(read_latent(tmp_path / "latent.npy", G), ws)
+    np.save(tmp_path / "short.npy", np.zeros((1, 2, 3), np.float32))
+    with pytest.raises(ValueError, match="short.npy: latent of shape"):
+        read_latent(tmp_path / "short.npy", G)
+
+
+def test_an_edit_session_is_saved_with_its_figures(G, branch, tmp_path):
+    import json
+
+    ws = ws_of(G, 3)
+    before = render_view(G, branch, ws, 0.0, 0.0, RES)
+    edited = paint_square(before[1], int(np.argmin(np.bincount(before[1].ravel(), minlength=NUM_CLASSES))))
+    result = edit_identity(G, branch, ws, 0.0, 0.0, edited, EditSettings(steps=2, resolution=RES), before=before)
+    palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
+    save_edit(tmp_path / "edit", result, G, branch, palette)
+    summary = json.loads((tmp_path / "edit" / "result.json").read_text())
+    assert {"iou_in_region", "psnr_outside_region", "seconds", "perceptual"} <= set(summary)
+    for name in ("latent.npy", "latent_before.npy", "after.png", "labels_after.png", "side_by_side.png", "loss.csv",
+                 "loss.png", "after_yaw+60.png"):
+        assert (tmp_path / "edit" / name).is_file(), name
+
+
+# ---------------------------------------------------------------------------- command line
+@pytest.fixture
+def tiny_project(tmp_path, G, branch):
+    from core.checkpoint.studio_format import save_generator
+    from core.project.labels import LabelSet
+    from core.project.records import BackboneRef
+    from core.project.store import Project
+    from core.semantic.checkpoint import checkpoint_name, save_branch
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    save_generator(G, folder / "tiny.safetensors")
+    reference = BackboneRef.for_file(folder / "tiny.safetensors", folder)
+    labels = LabelSet.from_tuples([(0, "background", (0, 0, 0)), (1, "a", (255, 0, 0)), (2, "b", (0, 255, 0)),
+                                   (3, "c", (0, 0, 255))])
+    with Project.create(folder, reference, labels):
+        pass
+    save_branch(branch, folder / "semantic" / checkpoint_name(1), reference.content_hash)
+    return folder
+
+
+def test_invert_and_edit_from_the_command_line(tiny_project, tmp_path, capsys):
+    import json
+
+    from core.cli import main
+    from core.fileio import read_indexed_png, write_indexed_png, write_png
+
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    write_png(tmp_path / "photo.png", rgb)
+    write_png(tmp_path / "grey.png", rgb[..., 0])
+    common = ["--project", str(tiny_project), "--steps", "3", "--resolution", str(RES), "--threads", "1"]
+    assert main(["invert", *common, "--image", str(tmp_path / "grey.png"), "--out", str(tmp_path / "x")]) == 2
+    assert "grey.png is a grey-scale image" in capsys.readouterr().err
+    assert main(["invert", *common, "--image", str(tmp_path / "photo.png"), "--out", str(tmp_path / "inv")]) == 0
+    out = capsys.readouterr().out
+    assert "centre-cropped 30x40 to 30x30" in out and "perceptual loss: ms-ssim+gradients" in out
+    for name in ("latent.npy", "pose.json", "render.png", "labels.png", "loss.csv", "loss.png", "result.json"):
+        assert (tmp_path / "inv" / name).is_file(), name
+    labels, _ = read_indexed_png(tmp_path / "inv" / "labels.png")
+    # No change → a clear refusal; a real change → an edit folder with figures.
+    write_indexed_png(tmp_path / "same.png", labels, np.zeros((4, 3), np.uint8))
+    edit = ["edit", *common, "--start", str(tmp_path / "inv" / "latent.npy")]
+    assert main([*edit, "--mask", str(tmp_path / "same.png"), "--out", str(tmp_path / "e0")]) == 2
+    assert "identical to the current labels" in capsys.readouterr().err
+    write_indexed_png(tmp_path / "edited.png", paint_square(labels, 3), np.zeros((4, 3), np.uint8))
+    assert main([*edit, "--mask", str(tmp_path / "edited.png"), "--out", str(tmp_path / "e1")]) == 0
+    summary = json.loads((tmp_path / "e1" / "result.json").read_text())
+    assert summary["perceptual"] == "ms-ssim+gradients" and (tmp_path / "e1" / "after.png").is_file()
+    assert main([*edit, "--mask", str(tmp_path / "edited.png"), "--out", str(tmp_path / "e1")]) == 2  # kept
