@@ -148,6 +148,20 @@ def test_evaluate_labels_reports_every_figure_as_json(project, capsys):
     assert figures["video"]["frames"] == 3 and figures["step"] == 2 and figures["complete"] is True
 
 
+def test_evaluate_labels_compares_several_checkpoints_on_the_same_views(project, capsys):
+    assert train(project, "--steps", "2", "--checkpoint-every", "1") == 0
+    first, second = (str(project / "semantic" / f"semantic-step000000{step}.safetensors") for step in (1, 2))
+    options = ["--identities", "1", "--views", "2", "--video-frames", "2", "--threads", "1", "--json"]
+    capsys.readouterr()
+    assert main(["evaluate", "labels", "--project", str(project), "--checkpoint", first, "--checkpoint", second,
+                 *options]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert [figures["step"] for figures in both] == [1, 2]
+    assert main(["evaluate", "labels", "--project", str(project), "--checkpoint", second, *options]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert alone["miou"] == both[1]["miou"] and alone["per_class_iou"] == both[1]["per_class_iou"]
+
+
 def test_evaluate_labels_without_a_branch_is_a_clear_error(project, capsys):
     assert main(["evaluate", "labels", "--project", str(project)]) == 2
     assert "train-semantic" in capsys.readouterr().err

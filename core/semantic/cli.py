@@ -1,5 +1,5 @@
 """`python main.py train-semantic` and `python main.py evaluate labels`: thin wrappers of
-core.semantic's train_semantic and evaluate_branch over a project folder.
+core.semantic's train_semantic and evaluate_branches over a project folder.
 
 Checkpoints go to PROJECT/semantic/ (PROJECT/semantic/RUN/ with --run), with a training_log.json
 beside them that lists every checkpoint's step, loss and validation figures.
@@ -343,8 +343,10 @@ def add_labels_evaluation(what) -> None:
                     "project's trained semantic branch, against the procedural labels of identities from the "
                     "'evaluate' seed range (never annotated).")
     p.add_argument("--project", required=True, type=Path, help="project folder")
-    p.add_argument("--checkpoint", type=Path, help="a semantic-branch checkpoint (default: the newest in "
-                                                   "PROJECT/semantic/, or PROJECT/semantic/RUN/ with --run)")
+    p.add_argument("--checkpoint", type=Path, action="append",
+                   help="a semantic-branch checkpoint (default: the newest in PROJECT/semantic/, or "
+                        "PROJECT/semantic/RUN/ with --run); several --checkpoint options compare branches of the "
+                        "same backbone on the same renders (the JSON is then a list)")
     p.add_argument("--run", dest="run_name", metavar="NAME", help="evaluate the newest checkpoint of this run")
     p.add_argument("--identities", type=int, default=10, help="held-out identities (default 10)")
     p.add_argument("--views", type=int, default=len(LABEL_VIEWS),
@@ -362,11 +364,9 @@ def add_labels_evaluation(what) -> None:
 def _evaluate_labels(args) -> None:
     from tqdm import tqdm
 
-    from core.checkpoint.errors import CheckpointError
     from core.cli import UserError
     from core.project import ProjectError
-    from core.semantic.checkpoint import load_branch
-    from core.semantic.evaluation import evaluate_branch
+    from core.semantic.evaluation import evaluate_branches
 
     _set_threads(args.threads)
     try:
@@ -374,49 +374,64 @@ def _evaluate_labels(args) -> None:
     except ProjectError as error:
         raise UserError(str(error)) from error
     backbone = _project_backbone(project, args.device)
-    path = _checkpoint_to_evaluate(args)
-    try:
-        branch, document = load_branch(path, backbone_hash=backbone.content_hash, device=backbone.device)
-    except CheckpointError as error:
-        raise UserError(str(error)) from error
     names = class_names(project)
-    if len(names) != branch.num_classes:
-        raise UserError(f"{path} has {branch.num_classes} classes, but the label set of {args.project} has "
-                        f"{len(names)}; it was trained on another label set")
+    loaded = [_load_for_evaluation(path, backbone, names, args.project) for path in _checkpoints_to_evaluate(args)]
     try:
         with tqdm(desc="evaluate labels", unit="view") as bar:
             def progress(done, total):
                 bar.total = total
                 bar.update(done - bar.n)
 
-            figures = evaluate_branch(branch, backbone, args.identities, args.views, args.video_identities,
-                                      args.video_frames, args.resolution, names, progress)
+            results = evaluate_branches({str(path): branch for path, branch, _ in loaded}, backbone, args.identities,
+                                        args.views, args.video_identities, args.video_frames, args.resolution, names,
+                                        progress)
     except ValueError as error:
         raise UserError(str(error)) from error
-    figures.update(checkpoint=str(path), step=document["step"], backbone=backbone.name,
-                   branch={key: document["branch_config"][key] for key in ("multiscale", "density_prior")})
+    reports = []
+    for path, _, document in loaded:
+        figures = results[str(path)]
+        figures.update(checkpoint=str(path), step=document["step"], backbone=backbone.name,
+                       branch={key: document["branch_config"][key] for key in ("multiscale", "density_prior")})
+        reports.append(figures)
     if args.json:
-        print(json.dumps(_json_ready(figures), indent=2))
+        print(json.dumps(_json_ready(reports[0] if len(reports) == 1 else reports), indent=2))
         return
-    print(f"{path.name} (step {figures['step']}): mIoU {figures['miou']:.4f}, pixel accuracy "
-          f"{figures['pixel_accuracy']:.4f}, consistency {figures['consistency']:.4f}, video mIoU "
-          f"{figures['video_miou']:.4f} ({len(figures['identities'])} identities x {len(figures['views'])} views, "
-          f"{figures['resolution']}^2)")
+    for figures in reports:
+        print(f"{Path(figures['checkpoint']).name} (step {figures['step']}): mIoU {figures['miou']:.4f}, pixel "
+              f"accuracy {figures['pixel_accuracy']:.4f}, consistency {figures['consistency']:.4f}, video mIoU "
+              f"{figures['video_miou']:.4f} ({len(figures['identities'])} identities x {len(figures['views'])} "
+              f"views, {figures['resolution']}^2)")
 
 
-def _checkpoint_to_evaluate(args) -> Path:
+def _load_for_evaluation(path: Path, backbone, names: list[str], project_folder: Path):
+    from core.checkpoint.errors import CheckpointError
+    from core.cli import UserError
+    from core.semantic.checkpoint import load_branch
+
+    try:
+        branch, document = load_branch(path, backbone_hash=backbone.content_hash, device=backbone.device)
+    except CheckpointError as error:
+        raise UserError(str(error)) from error
+    if len(names) != branch.num_classes:
+        raise UserError(f"{path} has {branch.num_classes} classes, but the label set of {project_folder} has "
+                        f"{len(names)}; it was trained on another label set")
+    return path, branch, document
+
+
+def _checkpoints_to_evaluate(args) -> list[Path]:
     from core.cli import UserError
     from core.semantic.checkpoint import latest_checkpoint
 
-    if args.checkpoint is not None:
-        if not args.checkpoint.is_file():
-            raise UserError(f"checkpoint not found: {args.checkpoint}")
-        return args.checkpoint
+    if args.checkpoint:
+        for path in args.checkpoint:
+            if not path.is_file():
+                raise UserError(f"checkpoint not found: {path}")
+        return list(dict.fromkeys(args.checkpoint))
     directory = checkpoint_directory(args.project, args.run_name)
     path = latest_checkpoint(directory)
     if path is None:
         raise UserError(f"no semantic-branch checkpoint in {directory}; run train-semantic first or pass --checkpoint")
-    return path
+    return [path]
 
 
 def _json_ready(value):

@@ -59,19 +59,37 @@ Labeller = Callable[[int, Camera], LabelledDepth]
 
 
 # ---------------------------------------------------------------------------- labellers
+class RenderMemo:
+    """The backbone's render of the last (seed, camera, resolution): labellers of several branches
+    that label the same view one after the other share it."""
+
+    def __init__(self):
+        self.key, self.value = None, None
+
+    def get(self, key, make):
+        if key != self.key:
+            self.key, self.value = key, make()
+        return self.value
+
+
 class BranchLabeller:
     """The semantic branch's labels of a seed's identity, with the backbone's expected depth."""
 
-    def __init__(self, branch, backbone, resolution: int | None = None):
+    def __init__(self, branch, backbone, resolution: int | None = None, memo: RenderMemo | None = None):
         from core.semantic.rendering import neural_resolution_for
 
         self.branch, self.backbone = branch, backbone
         self.resolution = int(resolution or backbone.generator.img_resolution)
         self.neural_resolution = neural_resolution_for(backbone.generator, self.resolution)
+        self.memo = memo or RenderMemo()
 
-    @torch.no_grad()
     def render(self, seed: int, camera: Camera):
         """The backbone's view with samples (what the labels reuse) and its LabelledDepth depth."""
+        return self.memo.get((seed, camera, self.neural_resolution, self.resolution),
+                             lambda: self._render(seed, camera))
+
+    @torch.no_grad()
+    def _render(self, seed: int, camera: Camera):
         identity = self.backbone.identity_from_seed(seed)  # truncation 1, as annotate-sim stores
         view = self.backbone.generator.render(identity, camera.label()[None].to(self.backbone.device),
                                               self.neural_resolution, deterministic=True, return_samples=True)
@@ -170,23 +188,52 @@ def orbit_cameras(backbone, frames: int = VIDEO_FRAMES, yaw: float = VIDEO_YAW) 
     return [backbone.camera(float(angle), 0.0) for angle in np.linspace(-yaw, yaw, frames)]
 
 
-def evaluate_labels(labeller: Labeller, truth: Labeller, seeds: list[int], cameras: list[Camera],
+class _Tally:
+    """One labeller's running counts."""
+
+    def __init__(self, num_classes: int):
+        self.confusion = np.zeros((num_classes, num_classes), np.int64)
+        self.video_confusion = np.zeros_like(self.confusion)
+        self.agreeing = self.compared = 0
+
+    def figures(self, class_names: list[str], complete: bool) -> dict:
+        figures = label_figures(self.confusion, class_names)
+        figures.update(
+            consistency=self.agreeing / self.compared if self.compared else math.nan,
+            consistency_pixels=int(self.compared),
+            video_miou=mean_iou(self.video_confusion) if self.video_confusion.any() else math.nan,
+            complete=complete,
+        )
+        return figures
+
+
+def evaluate_labels(labellers: Labeller | dict, truth: Labeller, seeds: list[int], cameras: list[Camera],
                     video_seeds: list[int], video_cameras: list[Camera], class_names: list[str],
                     progress: Callable[[int, int], None] | None = None,
                     should_stop: Callable[[], bool] | None = None) -> dict:
-    """The label figures of `labeller` against `truth` (see the module docstring).
+    """The label figures of a labeller (or of each of a {name: labeller} dict) against `truth`.
 
-    `progress(done, total)` counts labelled views; `should_stop()` is checked between views and
-    ends the evaluation early with the figures so far (`complete` is then false).
+    With several labellers every view is labelled by all of them in turn, so labellers that share
+    a `RenderMemo` share the backbone's render of it. `progress(done, total)` counts views;
+    `should_stop()` is checked between views and ends the evaluation early with the figures so
+    far (`complete` is then false). Returns the figures, or {name: figures} for a dict.
     """
+    named = dict(labellers) if isinstance(labellers, dict) else {"": labellers}
     num_classes = len(class_names)
+    tallies = {name: _Tally(num_classes) for name in named}
     total = len(seeds) * len(cameras) + len(video_seeds) * len(video_cameras)
     done, stopped = 0, False
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    agreeing = compared = 0
 
-    def step():
+    def label_view(seed, camera, kept: dict | None, video: bool) -> bool:
         nonlocal done, stopped
+        truth_labels = truth(seed, camera).labels
+        for name, labeller in named.items():
+            prediction = labeller(seed, camera)
+            tally = tallies[name]
+            confusion = tally.video_confusion if video else tally.confusion
+            confusion += confusion_matrix(prediction.labels, truth_labels, num_classes)
+            if kept is not None:
+                kept[name].append((camera, prediction))
         done += 1
         if progress is not None:
             progress(done, total)
@@ -194,34 +241,24 @@ def evaluate_labels(labeller: Labeller, truth: Labeller, seeds: list[int], camer
         return stopped
 
     for seed in seeds:
-        labelled = []
+        kept = {name: [] for name in named}
         for camera in cameras:
-            prediction = labeller(seed, camera)
-            confusion += confusion_matrix(prediction.labels, truth(seed, camera).labels, num_classes)
-            labelled.append((camera, prediction))
-            if step():
+            if label_view(seed, camera, kept, video=False):
                 break
-        agree, count = pairwise_consistency(labelled)
-        agreeing, compared = agreeing + agree, compared + count
+        for name, views in kept.items():
+            agree, count = pairwise_consistency(views)
+            tallies[name].agreeing += agree
+            tallies[name].compared += count
         if stopped:
             break
-    video_confusion = np.zeros_like(confusion)
     for seed in video_seeds if not stopped else []:
         for camera in video_cameras:
-            prediction = labeller(seed, camera)
-            video_confusion += confusion_matrix(prediction.labels, truth(seed, camera).labels, num_classes)
-            if step():
+            if label_view(seed, camera, None, video=True):
                 break
         if stopped:
             break
-    figures = label_figures(confusion, class_names)
-    figures.update(
-        consistency=agreeing / compared if compared else math.nan,
-        consistency_pixels=int(compared),
-        video_miou=mean_iou(video_confusion) if video_confusion.any() else math.nan,
-        complete=not stopped,
-    )
-    return figures
+    results = {name: tally.figures(class_names, complete=not stopped) for name, tally in tallies.items()}
+    return results if isinstance(labellers, dict) else results[""]
 
 
 def evaluate_branch(branch, backbone, identities: int = 10, views: int = len(LABEL_VIEWS),
@@ -232,28 +269,39 @@ def evaluate_branch(branch, backbone, identities: int = 10, views: int = len(LAB
     The video uses the first `video_identities` of those seeds. Returns the figures plus what
     was measured on (seeds, views, frames, resolution), ready for JSON.
     """
+    return evaluate_branches({"": branch}, backbone, identities, views, video_identities, video_frames, resolution,
+                             class_names, progress, should_stop)[""]
+
+
+def evaluate_branches(branches: dict, backbone, identities: int = 10, views: int = len(LABEL_VIEWS),
+                      video_identities: int = 1, video_frames: int = VIDEO_FRAMES, resolution: int | None = None,
+                      class_names: list[str] | None = None, progress=None, should_stop=None) -> dict:
+    """As evaluate_branch for several branches of one backbone ({name: branch} → {name: figures}):
+    each view is rendered by the backbone once for all of them."""
     from core.procedural import seeds_for
 
     if identities < 1 or not 1 <= views <= len(LABEL_VIEWS):
         raise ValueError(f"need at least 1 identity and 1..{len(LABEL_VIEWS)} views, got {identities} and {views}")
     if not 0 <= video_identities <= identities or (video_identities and video_frames < 2):
         raise ValueError(f"video identities must be 0..{identities} (of the evaluated ones) with at least 2 frames")
-    branch.eval()
-    labeller = BranchLabeller(branch, backbone, resolution)
-    truth = ProceduralLabeller(labeller.resolution)
+    memo = RenderMemo()
+    labellers = {name: BranchLabeller(branch.eval(), backbone, resolution, memo) for name, branch in branches.items()}
+    resolution = next(iter(labellers.values())).resolution
     seeds = seeds_for("evaluate", identities)
-    names = class_names or [str(index) for index in range(branch.num_classes)]
-    figures = evaluate_labels(labeller, truth, seeds, label_cameras(backbone, LABEL_VIEWS[:views]),
-                              seeds[:video_identities], orbit_cameras(backbone, video_frames), names,
-                              progress, should_stop)
-    figures.update(
-        identities=seeds, views=[list(view) for view in LABEL_VIEWS[:views]],
-        video_identities=seeds[:video_identities],
-        video={"frames": video_frames, "yaw": [-VIDEO_YAW, VIDEO_YAW], "pitch": 0.0},
-        resolution=labeller.resolution, depth_tolerance=DEPTH_TOLERANCE,
-    )
-    branch.clear_cache()
-    return figures
+    names = class_names or [str(index) for index in range(next(iter(branches.values())).num_classes)]
+    results = evaluate_labels(labellers, ProceduralLabeller(resolution), seeds,
+                              label_cameras(backbone, LABEL_VIEWS[:views]), seeds[:video_identities],
+                              orbit_cameras(backbone, video_frames), names, progress, should_stop)
+    for figures in results.values():
+        figures.update(
+            identities=seeds, views=[list(view) for view in LABEL_VIEWS[:views]],
+            video_identities=seeds[:video_identities],
+            video={"frames": video_frames, "yaw": [-VIDEO_YAW, VIDEO_YAW], "pitch": 0.0},
+            resolution=resolution, depth_tolerance=DEPTH_TOLERANCE,
+        )
+    for branch in branches.values():
+        branch.clear_cache()
+    return results
 
 
 # ---------------------------------------------------------------------------- checkpoint validation
