@@ -43,7 +43,7 @@ def project(tmp_path_factory):
 def request_for(project, out, **changes):
     # The tiny random backbone is a faint fog (opacity ~0.25-0.5): a threshold inside that range
     # keeps part of every view as foreground and part as background.
-    base = GenerateRequest(project=project, out=out, identities=3, views=2, size=SIZE, pointclouds=True,
+    base = GenerateRequest(project=project, out=out, identities=2, views=2, size=SIZE, pointclouds=True,
                            device="cpu", alpha_threshold=0.3)
     return replace(base, **changes)
 
@@ -56,14 +56,14 @@ def files_of(folder: Path) -> dict:
 def reference(project, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference") / "dataset"
     result = generate_dataset(request_for(project, out))
-    assert result.identities_done == 3 and not result.stopped and result.manifest["complete"]
+    assert result.identities_done == 2 and not result.stopped and result.manifest["complete"]
     return out
 
 
 # ---------------------------------------------------------------------------- layout
 def test_layout_of_a_dataset(reference):
     names = files_of(reference)
-    for index in range(3):
+    for index in range(2):
         for view in range(2):
             stem = f"{index:06d}_{view:02d}.png"
             assert f"images/{stem}" in names and f"labels/{stem}" in names and f"depth/{stem}" in names
@@ -74,11 +74,11 @@ def test_layout_of_a_dataset(reference):
     assert labels.shape == (SIZE, SIZE) and labels.max() < NUM_CLASSES
     assert np.array_equal(palette[:NUM_CLASSES], default_label_set().palette())
     manifest = json.loads((reference / "manifest.json").read_text())
-    assert manifest["identities_done"] == 3 and manifest["request"]["views"] == 2
+    assert manifest["identities_done"] == 2 and manifest["request"]["views"] == 2
     assert manifest["backbone"]["content_hash"] and manifest["semantic_branch"]["sha256"]
     cameras = json.loads((reference / "cameras.json").read_text())
-    record = cameras["images"]["000002_01"]
-    assert record["seed"] in SEED_RANGES["evaluate"] and record["identity"] == 2 and len(record["label"]) == 25
+    record = cameras["images"]["000001_01"]
+    assert record["seed"] in SEED_RANGES["evaluate"] and record["identity"] == 1 and len(record["label"]) == 25
     assert -45 <= record["yaw"] <= 45 and -20 <= record["pitch"] <= 20
     assert json.loads((reference / "labels.json").read_text()) == default_label_set().to_json()
     # depth: 16-bit, background 0, foreground within the rays' depth range
@@ -118,12 +118,12 @@ def test_same_request_gives_the_same_files(project, reference, tmp_path):
 def test_stop_and_resume_give_the_same_files(project, reference, tmp_path):
     out = tmp_path / "stopped"
     calls = []
-    result = generate_dataset(request_for(project, out), should_stop=lambda: len(calls.append(1) or calls) > 2)
-    assert result.stopped and result.identities_done == 2
+    result = generate_dataset(request_for(project, out), should_stop=lambda: len(calls.append(1) or calls) > 1)
+    assert result.stopped and result.identities_done == 1
     with pytest.raises(FactoryError, match="--resume"):
         generate_dataset(request_for(project, out))
     resumed = generate_dataset(request_for(project, out, resume=True))
-    assert resumed.identities_done == 3 and resumed.samples_written == 2
+    assert resumed.identities_done == 2 and resumed.samples_written == 2
     assert files_of(out) == files_of(reference)
 
 
@@ -153,14 +153,14 @@ def test_full_disk_is_reported_and_resumable(project, reference, tmp_path, monke
     real_write_png = factory.write_png
 
     def full_disk(path, image):
-        if path.name == "000002_01.png" and path.parent.name == "depth":
+        if path.name == "000001_01.png" and path.parent.name == "depth":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real_write_png(path, image)
 
     monkeypatch.setattr(factory, "write_png", full_disk)
-    with pytest.raises(FactoryError, match=r"No space left on device.*2 identities are complete.*--resume"):
+    with pytest.raises(FactoryError, match=r"No space left on device.*1 of 2 identities are complete.*--resume"):
         generate_dataset(request_for(project, out))
-    assert json.loads((out / "manifest.json").read_text())["identities_done"] == 2
+    assert json.loads((out / "manifest.json").read_text())["identities_done"] == 1
     monkeypatch.setattr(factory, "write_png", real_write_png)
     generate_dataset(request_for(project, out, resume=True))
     assert files_of(out) == files_of(reference)
@@ -231,7 +231,7 @@ def test_evaluation_of_procedural_ground_truth_is_perfect(project, reference, tm
     shutil.copytree(reference, out)
     cameras = json.loads((out / "cameras.json").read_text())["images"]
     palette = default_label_set().palette()
-    for index in range(3):
+    for index in range(2):
         head = ProceduralHead(HeadParams.from_seed(cameras[f"{index:06d}_00"]["seed"]))
         points, labels = [], []
         for view in range(2):
@@ -249,3 +249,46 @@ def test_evaluation_of_procedural_ground_truth_is_perfect(project, reference, tm
     assert figures["point_accuracy"] > 0.99 and figures["points_near_surface"] == 1.0
     # ...while the random branch's own labels are far from it
     assert evaluate_factory(reference)["miou"] < 0.5
+
+
+# ---------------------------------------------------------------------------- empty-space skipping
+def test_culled_renders_match_the_backbone_renderer():
+    """On the shipped backbone (real empty space around a head) the culled render decodes a fraction
+    of the samples and gives the same image, opacity, depth and samples as generator.render."""
+    from core.backbone import load_backbone
+    from core.factory.culling import occupancy_grid, render_culled
+    from core.factory.views import expand_identity
+
+    backbone = load_backbone("default")
+    generator = backbone.generator
+    identity = backbone.identity_from_seed(SEED_RANGES["evaluate"].start + 11)
+    cameras = torch.stack([backbone.camera(-40, 10).label(), backbone.camera(25, -15).label()])
+    batch = expand_identity(identity, 2)
+    with torch.no_grad():
+        exact = generator.render(batch, cameras, 32, deterministic=True, return_samples=True)
+        fast, renderer = render_culled(generator, batch, cameras, 32, occupancy_grid(generator, identity))
+    assert renderer.decoded < 0.6 * renderer.total
+    alpha_exact, alpha_fast = exact.samples["weights"].sum(2), fast.samples["weights"].sum(2)
+    assert (alpha_exact - alpha_fast).abs().max() < 1e-3
+    assert (exact.image - fast.image).abs().max() < 1e-2
+    foreground = (alpha_exact > 0.5).reshape(exact.depth.shape)
+    assert foreground.any() and (exact.depth - fast.depth)[foreground].abs().max() < 1e-3
+    visible = alpha_exact[..., 0] > 1e-4  # the rays the semantic branch reads
+    assert (exact.samples["weights"] - fast.samples["weights"])[visible].abs().max() < 1e-3
+    assert (exact.samples["depths"] - fast.samples["depths"])[visible].abs().max() < 1e-3
+
+
+def test_culled_renders_on_a_generator_with_super_resolution():
+    from core.factory.culling import occupancy_grid, render_culled
+    from core.factory.views import expand_identity
+    from core.backbone import Backbone
+
+    generator = TriPlaneGenerator.from_config(tiny_config(superresolution=True), 0)
+    backbone = Backbone(generator, "tiny-sr", "h")
+    identity = backbone.identity_from_seed(3)
+    cameras = backbone.camera(10, 5).label()[None]
+    with torch.no_grad():
+        exact = generator.render(identity, cameras, 16, deterministic=True, return_samples=True)
+        fast, _ = render_culled(generator, expand_identity(identity, 1), cameras, 16, occupancy_grid(generator, identity))
+    assert fast.image.shape == exact.image.shape == (1, 3, 128, 128)
+    assert (exact.image - fast.image).abs().max() < 1e-2

@@ -163,7 +163,7 @@ def generate_dataset(
 
     tell()
     stopped = False
-    with _naming_failed_writes(out, lambda: done):
+    with _naming_failed_writes(out, lambda: f"{done} of {request.identities}"):
         if done == 0:
             _write_static_files(out, request, backbone, label_set, manifest)
         for index in range(done, request.identities):
@@ -446,7 +446,7 @@ def _atomic_write_stream(path: Path, chunks) -> None:
 class _naming_failed_writes:
     """Turn an OSError while writing (full disk, permissions) into a FactoryError that says what is done."""
 
-    def __init__(self, out: Path, done: Callable[[], int]):
+    def __init__(self, out: Path, done: Callable[[], str]):
         self.out, self.done = out, done
 
     def __enter__(self):
