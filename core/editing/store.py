@@ -103,7 +103,7 @@ def write_orbit(folder: Path, G, branch, ws: torch.Tensor, pitch: float, resolut
     for yaw in ORBIT_YAWS:
         with torch.no_grad():
             rendered = render(G, ws, rig.label(torch.tensor(yaw), torch.tensor(float(pitch))), resolution, branch)
-        name = f"{prefix}_yaw{yaw:+04.0f}"
+        name = f"{prefix}_yaw{yaw:+.0f}"
         write_png(folder / f"{name}.png", to_uint8(rendered.image))
         if rendered.logits is not None:
             write_indexed_png(folder / f"{name}_labels.png", rendered.logits.argmax(1)[0].to(torch.uint8).numpy(), palette)
