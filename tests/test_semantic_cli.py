@@ -21,6 +21,7 @@ from core.semantic.evaluation import (
     LABEL_VIEWS,
     LabelledDepth,
     ProceduralLabeller,
+    SurfaceOracleLabeller,
     evaluate_labels,
     pairwise_consistency,
 )
@@ -154,9 +155,10 @@ def test_evaluate_labels_compares_several_checkpoints_on_the_same_views(project,
     options = ["--identities", "1", "--views", "2", "--video-frames", "2", "--threads", "1", "--json"]
     capsys.readouterr()
     assert main(["evaluate", "labels", "--project", str(project), "--checkpoint", first, "--checkpoint", second,
-                 *options]) == 0
+                 "--surface-oracle", *options]) == 0
     both = json.loads(capsys.readouterr().out)
     assert [figures["step"] for figures in both] == [1, 2]
+    assert both[0]["surface_oracle"] == both[1]["surface_oracle"] and "miou" in both[0]["surface_oracle"]
     assert main(["evaluate", "labels", "--project", str(project), "--checkpoint", second, *options]) == 0
     alone = json.loads(capsys.readouterr().out)
     assert alone["miou"] == both[1]["miou"] and alone["per_class_iou"] == both[1]["per_class_iou"]
@@ -211,3 +213,10 @@ def test_evaluate_labels_scores_the_truth_perfectly_and_a_wrong_labeller_poorly(
 
     wrong = evaluate_labels(everything_is_head, truth, [SEED], cameras, [], [], names)
     assert wrong["miou"] < 0.3 and wrong["per_class_iou"]["2"] == 0.0
+
+
+def test_the_surface_oracle_on_the_true_surface_gives_the_true_labels(truth):
+    oracle = SurfaceOracleLabeller(lambda seed, camera: truth(seed, camera).depth)
+    cameras = [camera for camera, _ in _views(truth)]
+    figures = evaluate_labels(oracle, truth, [SEED], cameras, [], [], [str(i) for i in range(12)])
+    assert figures["pixel_accuracy"] > 0.97 and figures["miou"] > 0.85

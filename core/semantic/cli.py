@@ -357,6 +357,9 @@ def add_labels_evaluation(what) -> None:
     p.add_argument("--resolution", type=int, help="label resolution (default: the backbone's image resolution)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--surface-oracle", action="store_true",
+                   help="also report 'surface_oracle': the procedural label at the backbone's own surface point of "
+                        "each pixel, the ceiling the backbone's geometry puts on any branch")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(run=_evaluate_labels)
 
@@ -366,7 +369,7 @@ def _evaluate_labels(args) -> None:
 
     from core.cli import UserError
     from core.project import ProjectError
-    from core.semantic.evaluation import evaluate_branches
+    from core.semantic.evaluation import SURFACE_ORACLE, evaluate_branches
 
     _set_threads(args.threads)
     try:
@@ -384,7 +387,7 @@ def _evaluate_labels(args) -> None:
 
             results = evaluate_branches({str(path): branch for path, branch, _ in loaded}, backbone, args.identities,
                                         args.views, args.video_identities, args.video_frames, args.resolution, names,
-                                        progress)
+                                        progress, surface_oracle=args.surface_oracle)
     except ValueError as error:
         raise UserError(str(error)) from error
     reports = []
@@ -392,6 +395,9 @@ def _evaluate_labels(args) -> None:
         figures = results[str(path)]
         figures.update(checkpoint=str(path), step=document["step"], backbone=backbone.name,
                        branch={key: document["branch_config"][key] for key in ("multiscale", "density_prior")})
+        if args.surface_oracle:
+            figures["surface_oracle"] = {key: results[SURFACE_ORACLE][key] for key in
+                                         ("miou", "pixel_accuracy", "per_class_iou", "consistency", "video_miou")}
         reports.append(figures)
     if args.json:
         print(json.dumps(_json_ready(reports[0] if len(reports) == 1 else reports), indent=2))

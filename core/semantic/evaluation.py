@@ -45,6 +45,7 @@ SURFACE_OPACITY = 0.5
 # identities `evaluate labels` reports on are never the ones watched during training.
 VALIDATION_SEED_OFFSET = 500_000
 VALIDATION_VIEWS = [(-20.0, 0.0), (25.0, 5.0)]
+SURFACE_ORACLE = "surface oracle"
 
 
 @dataclass
@@ -132,6 +133,38 @@ class ProceduralLabeller:
             self._head = (seed, ProceduralHead(HeadParams.from_seed(seed)))
         buffers = self._head[1].render(camera.label(), self.resolution)
         return LabelledDepth(buffers["labels"], buffers["depth"])
+
+
+class SurfaceOracleLabeller:
+    """The procedural label of the point where each pixel's ray meets a surface given by
+    `depth_of(seed, camera)` (H, W) along the unit rays, inf where there is none.
+
+    With the backbone's depth this is not a semantic branch but the best any branch using the
+    backbone's density could do: the gap between it and the truth is the backbone's geometry.
+    """
+
+    def __init__(self, depth_of: Callable[[int, Camera], np.ndarray]):
+        self.depth_of = depth_of
+        self._head = (None, None)
+
+    @classmethod
+    def on_backbone(cls, backbone, resolution: int, memo: RenderMemo | None = None) -> "SurfaceOracleLabeller":
+        surfaces = BranchLabeller(None, backbone, resolution, memo)
+        return cls(lambda seed, camera: surfaces.render(seed, camera)[2])
+
+    def __call__(self, seed: int, camera: Camera) -> LabelledDepth:
+        from core.procedural import HeadParams, ProceduralHead
+
+        if self._head[0] != seed:
+            self._head = (seed, ProceduralHead(HeadParams.from_seed(seed)))
+        depth = np.asarray(self.depth_of(seed, camera), np.float32)
+        resolution = depth.shape[-1]
+        origins, directions = (x[0].numpy() for x in ray_bundle(*split_label(camera.label()), resolution))
+        flat = depth.reshape(-1)
+        surface = np.isfinite(flat)
+        labels = np.zeros(flat.shape, np.uint8)
+        labels[surface] = self._head[1].label_at_points(origins[surface] + flat[surface, None] * directions[surface])
+        return LabelledDepth(labels.reshape(depth.shape), depth)
 
 
 # ---------------------------------------------------------------------------- consistency
@@ -275,9 +308,11 @@ def evaluate_branch(branch, backbone, identities: int = 10, views: int = len(LAB
 
 def evaluate_branches(branches: dict, backbone, identities: int = 10, views: int = len(LABEL_VIEWS),
                       video_identities: int = 1, video_frames: int = VIDEO_FRAMES, resolution: int | None = None,
-                      class_names: list[str] | None = None, progress=None, should_stop=None) -> dict:
+                      class_names: list[str] | None = None, progress=None, should_stop=None,
+                      surface_oracle: bool = False) -> dict:
     """As evaluate_branch for several branches of one backbone ({name: branch} → {name: figures}):
-    each view is rendered by the backbone once for all of them."""
+    each view is rendered by the backbone once for all of them. With `surface_oracle`, the
+    figures of SurfaceOracleLabeller come under the name SURFACE_ORACLE as well."""
     from core.procedural import seeds_for
 
     if identities < 1 or not 1 <= views <= len(LABEL_VIEWS):
@@ -287,6 +322,8 @@ def evaluate_branches(branches: dict, backbone, identities: int = 10, views: int
     memo = RenderMemo()
     labellers = {name: BranchLabeller(branch.eval(), backbone, resolution, memo) for name, branch in branches.items()}
     resolution = next(iter(labellers.values())).resolution
+    if surface_oracle:
+        labellers[SURFACE_ORACLE] = SurfaceOracleLabeller.on_backbone(backbone, resolution, memo)
     seeds = seeds_for("evaluate", identities)
     names = class_names or [str(index) for index in range(next(iter(branches.values())).num_classes)]
     results = evaluate_labels(labellers, ProceduralLabeller(resolution), seeds,
