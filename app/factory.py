@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QThread, QUrl, Signal
+from PySide6.QtCore import Qt, QThread, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (QCheckBox, QDialog, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                                QMessageBox, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
@@ -121,8 +121,8 @@ class GenerateDialog(QDialog):
     def _finished(self, result) -> None:
         self.result = result
         how = "Stopped" if result.stopped else "Done"
-        self._status.setText(f"{how}: {result.identities_done}/{result.identities_total} identities in {result.out} "
-                             f"({result.samples_written} images written now, {result.elapsed_s:.0f} s)")
+        self._status.setText(f"{how}: {result.identities_done}/{result.identities_total} identities "
+                             f"({result.samples_written} images written in {result.elapsed_s:.0f} s) in {result.out}")
         self._open_button.setEnabled(True)
 
     def _failed(self, message: str) -> None:
@@ -200,6 +200,8 @@ class GenerateDialog(QDialog):
         self._progress = QProgressBar()
         layout.addWidget(self._progress)
         self._status = QLabel("Ready.", wordWrap=True)
+        self._status.setMinimumHeight(48)  # room for two lines: a long output path wraps
+        self._status.setAlignment(Qt.AlignLeft | Qt.AlignTop)
         layout.addWidget(self._status)
         layout.addStretch(1)
         buttons = QHBoxLayout()

@@ -113,7 +113,8 @@ class PointCloudPanel(QWidget):
         self.label_names: dict[int, str] = {}
         self.cloud = None
         self.cloud_seed: tuple | None = None
-        self.hidden: set[int] = set()
+        self.hidden: set[int] = {0}  # background-labelled points are halo around the head; tick to show them
+        self.colour_by = "labels"
         self.alpha_threshold = ALPHA_THRESHOLD  # a pixel becomes a point where the head is this opaque
         self.scene: CloudScene | None = None
         self._tasks: set = set()
@@ -207,17 +208,35 @@ class PointCloudPanel(QWidget):
         if self.scene is not None:
             self.scene.set_hidden_labels(self.hidden)
 
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if self.scene is None and gl_unavailable_reason() is None:
+            self._make_canvas()
+
+    def _make_canvas(self) -> None:
+        """The GL canvas, made when the tab is first shown: importing vispy costs start-up time."""
+        from vispy import scene
+
+        canvas = scene.SceneCanvas(keys=None, app="pyside6", bgcolor="#202124", parent=self)
+        self.scene = CloudScene(canvas)
+        self._canvas_slot.replaceWidget(self._canvas_note, canvas.native)
+        self._canvas_note.deleteLater()
+        if self.cloud is not None:
+            self.scene.set_cloud(self.cloud, self.palette)
+            self.scene.set_hidden_labels(self.hidden)
+        self.scene.set_point_size(self._size.value())
+        self.scene.set_colour_by(self.colour_by)
+
+    def set_colour_by(self, what: str) -> None:
+        self.colour_by = what
+        if self.scene is not None:
+            self.scene.set_colour_by(what)
+
     def _build(self) -> None:
         row = QHBoxLayout(self)
-        reason = gl_unavailable_reason()
-        if reason is None:
-            from vispy import scene
-
-            canvas = scene.SceneCanvas(keys=None, app="pyside6", bgcolor="#202124", parent=self)
-            self.scene = CloudScene(canvas)
-            row.addWidget(canvas.native, stretch=1)
-        else:
-            row.addWidget(placeholder(reason), stretch=1)
+        self._canvas_slot = row
+        self._canvas_note = placeholder(gl_unavailable_reason() or "Fuse a cloud to see it here.")
+        row.addWidget(self._canvas_note, stretch=1)
         controls = QWidget()
         controls.setFixedWidth(260)
         column = QVBoxLayout(controls)
@@ -233,7 +252,7 @@ class PointCloudPanel(QWidget):
         column.addWidget(self._size)
         colour_row = QHBoxLayout()
         by_label, by_rgb = QRadioButton("Label colours", checked=True), QRadioButton("RGB")
-        by_label.toggled.connect(lambda on: self.scene and self.scene.set_colour_by("labels" if on else "rgb"))
+        by_label.toggled.connect(lambda on: self.set_colour_by("labels" if on else "rgb"))
         colour_row.addWidget(by_label)
         colour_row.addWidget(by_rgb)
         column.addLayout(colour_row)

@@ -55,12 +55,16 @@ def test_fused_cloud_of_the_identity_with_per_class_visibility(orbit, qtbot, bac
     qtbot.waitUntil(lambda: panel.cloud is not None, timeout=60000)
     cloud = panel.cloud
     assert panel.cloud_seed == (5, 1.0) and len(cloud) > 0 and str(len(CLOUD_VIEWS)) in panel._status.text()
-    assert panel.visible_points() == len(cloud)
     labels, counts = np.unique(cloud.labels, return_counts=True)
+    background = int(counts[labels == 0].sum())
+    assert panel.visible_points() == len(cloud) - background  # background points start hidden
     assert panel._classes.count() == len(labels)
-    panel.set_class_visible(int(labels[0]), False)
-    assert panel.visible_points() == len(cloud) - counts[0]
-    panel.set_class_visible(int(labels[0]), True)
+    panel.set_class_visible(0, True) if background else None
+    assert panel.visible_points() == len(cloud)
+    shown = int(labels[-1])
+    panel.set_class_visible(shown, False)
+    assert panel.visible_points() == len(cloud) - counts[-1]
+    panel.set_class_visible(shown, True)
     assert panel.visible_points() == len(cloud)
     panel.set_point_size(9)
     assert panel._size.value() == 9
@@ -105,3 +109,66 @@ def test_vispy_scene_draws_the_visible_classes_only():
     image = canvas.render()[..., :3]
     assert (np.abs(image.astype(int) - 200).max(-1) <= 2).sum() > 100  # the points' own grey
     canvas.close()
+
+
+def test_a_failed_fusion_is_reported(orbit, qtbot, backbone, project, monkeypatch):
+    save_tiny_branch(project, backbone)
+    orbit.set_semantic_branch(load_project_branch(project, backbone))
+
+    def broken(*args):
+        raise MemoryError("the cloud does not fit")
+
+    monkeypatch.setattr("app.pointcloud.fuse_cloud", broken)
+    with qtbot.waitSignal(orbit.error, timeout=10000) as signal:
+        orbit.fuse_point_cloud()
+    assert "Point cloud failed" in signal.args[0] and "does not fit" in signal.args[0]
+    qtbot.waitUntil(lambda: orbit.cloud_panel._fuse_button.isEnabled(), timeout=5000)
+
+
+XVFB_SCRIPT = r"""
+import sys, time
+sys.path.insert(0, {repo!r})
+import numpy as np
+from PySide6.QtWidgets import QApplication
+app = QApplication(["studio"])
+from app.pointcloud import PointCloudPanel
+from core.factory.pointcloud import PointCloud
+panel = PointCloudPanel()
+panel.resize(640, 400)
+panel.show()
+for _ in range(10):
+    app.processEvents(); time.sleep(0.02)
+assert panel.scene is not None, "no GL canvas under X"
+points = np.random.default_rng(0).uniform(-0.3, 0.3, (400, 3)).astype(np.float32)
+panel.palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)
+panel.show_cloud(PointCloud(points, np.full((400, 3), 200), (points[:, 0] > 0) + 1), (1, 1.0))
+panel.set_class_visible(1, False)
+panel.set_point_size(8)
+panel.grab()  # one real paint of the window first, as showing it on a screen does
+image = panel.scene.canvas.render()
+red = ((image[..., 0] > 128) & (image[..., 1] < 64)).sum()
+green = ((image[..., 1] > 128) & (image[..., 0] < 64)).sum()
+print("drawn", red, green)
+panel.close()
+"""
+
+
+def test_the_studio_canvas_draws_under_a_real_x_display(tmp_path):
+    """The Qt-hosted vispy canvas itself (not the EGL stand-in), where Xvfb is installed."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("xvfb-run") is None:
+        pytest.skip("no xvfb-run: the Qt GL canvas needs an X display (the EGL test checks the drawing)")
+    script = tmp_path / "canvas.py"
+    script.write_text(XVFB_SCRIPT.format(repo=str(Path(__file__).resolve().parent.parent)))
+    env = {key: value for key, value in os.environ.items() if key != "QT_QPA_PLATFORM"}
+    run = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1024x768x24", sys.executable, str(script)],
+                         capture_output=True, text=True, timeout=120, env=env)
+    if "could not connect to display" in run.stderr or "xcb" in run.stderr and "platform plugin" in run.stderr:
+        pytest.skip(f"Qt cannot use the X display here: {run.stderr.strip()[-300:]}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    red, green = (int(v) for v in run.stdout.split("drawn")[1].split())
+    assert red == 0 and green > 100  # class 1 hidden, class 2 drawn
