@@ -21,6 +21,7 @@ from app.dialogs import LabelSetDialog, NewProjectChoice, NewProjectDialog, choo
 from app.errors import show_error
 from app.factory import GenerateDialog
 from app.orbit import OrbitWorkspace
+from app.edit import EditWorkspace
 from app.semantic import load_project_branch
 from app.training import TrainDialog
 from app.widgets import placeholder
@@ -270,8 +271,7 @@ class MainWindow(QMainWindow):
     def _build_workspaces(self) -> None:
         self.annotate = AnnotateWorkspace()
         self.orbit = OrbitWorkspace()
-        self.edit = placeholder("The Edit workspace (paint a change into the label map and optimise the "
-                                "identity to match) arrives with the editing issue. It is not available yet.")
+        self.edit = EditWorkspace()
         self.tabs = QTabWidget()
         self.tabs.addTab(self.annotate, "Annotate")
         self.tabs.addTab(self.orbit, "Orbit")
@@ -280,7 +280,7 @@ class MainWindow(QMainWindow):
         # Every workspace speaks the same small protocol: set_session(backbone, project),
         # shutdown(), and the signals error / status_message / busy_changed. The Edit workspace,
         # training and the factory join this dict when they land.
-        self.workspaces = {"annotate": self.annotate, "orbit": self.orbit}
+        self.workspaces = {"annotate": self.annotate, "orbit": self.orbit, "edit": self.edit}
         for name, workspace in self.workspaces.items():
             workspace.error.connect(self.show_error)
             workspace.status_message.connect(lambda text: self.statusBar().showMessage(text, 2000))

@@ -34,7 +34,7 @@ def window(qtbot, tmp_path, messages):
 
 def test_status_bar_tabs_and_plain_edit_placeholder(window):
     assert [window.tabs.tabText(i) for i in range(window.tabs.count())] == ["Annotate", "Orbit", "Edit"]
-    assert "arrives with the editing issue" in window.edit.text()
+    assert type(window.edit).__name__ == "EditWorkspace"  # the Edit workspace replaced its placeholder
     assert window._device_label.text() == "CPU"
     assert window._backbone_label.text() == "No backbone"
 

@@ -49,6 +49,10 @@ class EditSettings:
     learning_rate: float = 0.05  # of the w+ offset, in units of the spread of w
     rgb_weight: float = 10.0  # λ₁ (MSE in EG3D's [-1, 1] range)
     perceptual_weight: float = 1.0  # λ₂
+    # Extra weight of the cross-entropy *inside r* (its mean over r's pixels). The paper's CE is a
+    # mean over the whole view, where a small edit (a few % of the pixels) barely registers
+    # against the RGB terms; 0 gives the paper's loss exactly.
+    region_weight: float = 1.0
     dilation: int = 2  # pixels of r's dilation at the edited map's resolution
     preview_every: int = 5
     latent_space: str = "w+"
@@ -180,14 +184,18 @@ class _EditObjective:
         self.target = F.interpolate(target, size=(size, size), mode="nearest")[:, 0].long()
         # A low-resolution pixel is in r when any of the pixels it covers is: keep r generous.
         region = torch.from_numpy(region.astype(np.float32))[None, None]
-        self.outside = 1 - F.adaptive_max_pool2d(region, size) if size < region.shape[-1] else \
-            1 - F.interpolate(region, size=(size, size), mode="nearest")
+        self.inside = F.adaptive_max_pool2d(region, size) if size < region.shape[-1] else \
+            F.interpolate(region, size=(size, size), mode="nearest")
+        self.outside = 1 - self.inside
         with torch.no_grad():
             self.original = render(G, start_ws, self.camera, size).image  # same renderer, same size: exact at start
         self.settings, self.perceptual = settings, perceptual
 
     def __call__(self, rendered):
-        ce = F.cross_entropy(rendered.logits, self.target)
+        pixel_ce = F.cross_entropy(rendered.logits, self.target, reduction="none")[:, None]
+        ce = pixel_ce.mean()
+        if self.settings.region_weight:
+            ce = ce + self.settings.region_weight * (pixel_ce * self.inside).sum() / self.inside.sum().clamp_min(1)
         outside = self.outside
         mse = ((rendered.image - self.original) ** 2 * outside).sum() / (3 * outside.sum()).clamp_min(1)
         perceptual = self.perceptual(rendered.image * outside, self.original * outside)
