@@ -181,6 +181,7 @@ def test_evaluate_downstream_quick_prints_every_figure(capsys, tmp_path):
         ("datasetnerf", 3), ("annotations_only", 3), ("datasetnerf", 6), ("annotations_only", 6)]
     assert [r["clouds"] for r in results["pointclouds"]["results"]] == [1, 2]
     assert results["test_sets"]["individual"]["images"] == 4 and "timings_s" in results
+    assert "skipped" in results["label_quality"]  # in-process identities are 'fit' seeds: not held out
     # A second run over the same work folder re-reads every finished result.
     assert main(arguments) == 0
     assert json.loads(capsys.readouterr().out)["main"] == results["main"]

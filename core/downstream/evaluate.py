@@ -31,12 +31,12 @@ from core.downstream.datasetgan import PixelClassifierSettings, label_pairs, tra
 from core.downstream.pointnet import PointNetSettings, point_figures, train_pointnet
 from core.downstream.sources import (VIEWS_PER_IDENTITY, PairSet, annotation_pairs, generate_identities,
                                      generation_seeds)
-from core.downstream.testsets import (CLASS_NAMES, individual_test_set, point_cloud_test_set,
+from core.downstream.testsets import (CLASS_NAMES, TEST_BACKGROUND, individual_test_set, point_cloud_test_set,
                                       video_test_set)
 from core.downstream.training import SegmenterSettings, predict, segmentation_figures, train_segmenter
 from core.factory.views import ALPHA_THRESHOLD
 from core.fileio import atomic_write_json
-from core.procedural import NUM_CLASSES, mirror_label_ids
+from core.procedural import NUM_CLASSES, HeadParams, ProceduralHead, mirror_label_ids, purpose_of_seed
 
 PARTS = ("main", "pairs", "annotations", "pointclouds")
 ARMS = ("datasetnerf", "datasetgan", "annotations_only")
@@ -58,6 +58,7 @@ class DownstreamSettings:
     views_per_identity: int = VIEWS_PER_IDENTITY
     identities_per_chunk: int = 25  # generated identities kept per file of the work folder
     cloud_alpha_threshold: float = ALPHA_THRESHOLD  # the factory's: opacity below it makes no point
+    label_quality_pairs: int = 200  # generated pairs whose labels are compared with procedural truth
     parts: tuple = PARTS
     arms: tuple = ARMS  # which arms the segmenter parts train (all, unless a run is split)
     segmenter: SegmenterSettings = field(default_factory=lambda: SegmenterSettings(steps=600))
@@ -252,6 +253,29 @@ class DownstreamRun:
                 "individual": segmentation_figures(predict(trained.model, individual.images), individual.labels, CLASS_NAMES),
                 "video": segmentation_figures(predict(trained.model, video.images), video.labels, CLASS_NAMES)}
 
+    def label_quality(self, pairs: int) -> dict:
+        """The generated labels themselves against procedural truth, on the first `pairs` images.
+
+        Factory identities are 'evaluate' seeds by default, so each generated image has a
+        procedural twin: the same seed seen through the same camera. Both label sources label the
+        very same images, so this isolates what 3D-aware labels add over 2D-feature labels.
+        """
+        def compute():
+            data = self.generated(self.full, pairs)
+            if not all(purpose_of_seed(int(seed)) == "evaluate" for seed in data.seeds):
+                return {"skipped": "the generated identities are not 'evaluate' seeds, so their procedural twins "
+                                   "are not held out (a factory dataset's default identities are)"}
+            truth = np.stack([ProceduralHead(HeadParams.from_seed(int(seed))).render(label, s.resolution,
+                                                                                      background=TEST_BACKGROUND)["labels"]
+                              for seed, label in zip(data.seeds, data.camera_labels)])
+            result = {"pairs": int(len(truth)),
+                      "datasetnerf": segmentation_figures(data.labels, truth, CLASS_NAMES)}
+            if "datasetgan" in s.arms:
+                result["datasetgan"] = segmentation_figures(self.datasetgan_labels(self.full, data), truth, CLASS_NAMES)
+            return result
+        s = self.settings
+        return self._cached_result(f"label-quality-a{self.full}-n{pairs}-r{s.resolution}", compute)
+
     def pointnet_result(self, clouds: int, test) -> dict:
         def compute():
             points, labels = self._training_clouds(clouds)
@@ -289,6 +313,8 @@ class DownstreamRun:
         if "main" in s.parts:
             results["main"] = {arm: self.segmenter_result(arm, self.full, None if arm == "annotations_only" else largest)
                                for arm in ARMS if arm in s.arms}
+        if "main" in s.parts:
+            results["label_quality"] = self.label_quality(min(s.label_quality_pairs, largest))
         if "pairs" in s.parts:
             results["pairs_scale"] = [self.segmenter_result(arm, self.full, n)
                                       for n in sorted(s.pairs) for arm in ("datasetnerf", "datasetgan") if arm in s.arms]
