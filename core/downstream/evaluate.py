@@ -17,6 +17,7 @@ started again continues where it stopped and a finished one only re-reads its re
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -35,7 +36,7 @@ from core.downstream.testsets import (CLASS_NAMES, TEST_BACKGROUND, individual_t
                                       video_test_set)
 from core.downstream.training import SegmenterSettings, predict, segmentation_figures, train_segmenter
 from core.factory.views import ALPHA_THRESHOLD
-from core.fileio import atomic_write_json
+from core.fileio import atomic_write_bytes, atomic_write_json
 from core.procedural import NUM_CLASSES, HeadParams, ProceduralHead, mirror_label_ids, purpose_of_seed
 
 PARTS = ("main", "pairs", "annotations", "pointclouds")
@@ -202,9 +203,13 @@ class DownstreamRun:
         if (pairs.seeds < 0).any():
             raise ValueError("the DatasetGAN baseline needs the seed of every generated image "
                              "(cameras.json / manifest.json of the dataset name none)")
-        path = self.work / f"datasetgan-a{count}" / f"labels-{len(pairs)}.npy" if self.work else None
-        if path is not None and path.exists():
-            return np.load(path)
+        folder = self.work / f"datasetgan-a{count}" if self.work else None
+        path = folder / f"labels-{len(pairs)}.npy" if folder else None
+        # Pair sets are prefixes of one sequence, so labels of a longer one serve a shorter one.
+        for done in sorted(folder.glob("labels-*.npy")) if folder and folder.is_dir() else []:
+            labels = np.load(done, mmap_mode="r")
+            if len(labels) >= len(pairs):
+                return np.array(labels[:len(pairs)])
         started = time.monotonic()
         if count not in self._ensembles:
             stage = f"DatasetGAN pixel classifier on {count} annotations"
@@ -214,8 +219,9 @@ class DownstreamRun:
         labels = label_pairs(self._ensembles[count], self.backbone, pairs.seeds, pairs.camera_labels,
                              lambda d, t: self.report("DatasetGAN labels", d, t))
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, labels)
+            buffer = io.BytesIO()
+            np.save(buffer, labels)
+            atomic_write_bytes(path, buffer.getvalue())
         self._timed("datasetgan", started)
         return labels
 
@@ -334,10 +340,6 @@ class DownstreamRun:
 
 
 def _save_pairs(path: Path, pairs: PairSet) -> None:
-    import io
-
-    from core.fileio import atomic_write_bytes
-
     offsets = np.cumsum([0] + [len(p) for p in pairs.cloud_points])
     buffer = io.BytesIO()
     np.savez_compressed(buffer, images=pairs.images, labels=pairs.labels, seeds=pairs.seeds,
