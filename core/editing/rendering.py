@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from core.camera import DEFAULT_FOV_DEG, fov_to_intrinsics
+from core.fitting.trainer import composite_on_grey
 from core.semantic.rendering import (SAMPLES_PER_RAY, DenseSamples, ViewPrior, _rays, prior_samples,
                                      render_semantic)
 
@@ -77,8 +78,13 @@ def render(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: int, bra
     identity = G.synthesize(ws)
     neural = min(int(resolution), int(G.neural_rendering_resolution))
     camera_label = camera_label.to(ws.device)
-    view = G.render(identity, camera_label, neural, deterministic=True, return_samples=branch is not None)
-    image = _resized(view.image, resolution)
+    grey = on_grey(G)
+    view = G.render(identity, camera_label, neural, deterministic=True, return_samples=branch is not None or grey)
+    image = view.image
+    if grey:
+        alpha = view.samples["weights"].sum(2).reshape(image.shape[0], 1, *image.shape[-2:])  # the rays' opacity
+        image = composite_on_grey(image, alpha) * 2 - 1
+    image = _resized(image, resolution)
     if branch is None:
         return Render(image, None)
     origins, directions = _rays(G, camera_label, neural)
@@ -91,6 +97,14 @@ def render(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: int, bra
     prior = ViewPrior(samples, view.image, neural)
     logits = render_semantic(branch, semantic_planes, prior, resolution).logits
     return Render(image, logits)
+
+
+def on_grey(G) -> bool:
+    """The studio's own fits (no super-resolution) learnt the procedural category, whose renders sit
+    on mid grey: their images are composited on grey, as the Orbit and Annotate views show them
+    (app.rendering.shows_on_grey) and as `evaluate fit` compares them. Official EG3D backbones are
+    used exactly as EG3D composites them."""
+    return G.superresolution is None
 
 
 def _resized(image: torch.Tensor, resolution: int) -> torch.Tensor:
