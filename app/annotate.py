@@ -45,7 +45,11 @@ SHORTCUTS_HELP = """Annotate
 
 Orbit
   Mouse              left drag: orbit · wheel: zoom (field of view)
-  Arrow keys         turn the camera 5° · R: reset the view"""
+  Arrow keys         turn the camera 5° · R: reset the view
+
+Project
+  Ctrl+T             train the semantic branch (progress, loss plot, stop)
+  Ctrl+G             generate a dataset (progress, stop, resume)"""
 SAVE_POLL_MS = 100  # how soon the counters show a finished write
 EDITOR_CACHE = 32  # views whose undo history is kept while flipping between them
 

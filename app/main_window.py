@@ -134,6 +134,7 @@ class MainWindow(QMainWindow):
         if self.train_dialog is None:
             self.train_dialog = TrainDialog(self.project, self.backbone, self)
             self.train_dialog.trained.connect(self.reload_semantic_branch)
+            self.train_dialog.checkpoint_written.connect(self.reload_semantic_branch)  # labels improve live
             self.train_dialog.busy_changed.connect(lambda busy: self._set_busy("Training", busy))
         self.train_dialog.show()
         self.train_dialog.raise_()

@@ -109,7 +109,8 @@ class TrainingJob(QThread):
 class TrainDialog(QDialog):
     """Settings, Start/Stop, a progress bar and live plots; `trained` fires when a run ends."""
 
-    trained = Signal()  # new checkpoints are on disk (finished or stopped)
+    trained = Signal()  # the run ended (finished or stopped) with its branch on disk
+    checkpoint_written = Signal()  # a checkpoint mid-run: the workspaces can show it already
     busy_changed = Signal(bool)
 
     def __init__(self, project, backbone, parent: QWidget | None = None):
@@ -190,6 +191,7 @@ class TrainDialog(QDialog):
                                  f"pixel accuracy {progress.accuracy:.3f} · ~{remaining * per_step / 60:.1f} min left")
         elif progress.phase == "checkpoint":
             self._checkpoint_label.setText(f"Last checkpoint: {progress.message} (step {progress.step})")
+            self.checkpoint_written.emit()
 
     def _show_validation(self, step: int, metrics: dict) -> None:
         miou = metrics.get("validation_miou")
