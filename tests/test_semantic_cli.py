@@ -84,6 +84,23 @@ def test_an_ablation_run_keeps_its_own_checkpoints(project):
     assert train(project, "--steps", "4", "--resume", "--run", "no-multiscale") == 0
 
 
+def test_resuming_a_branch_of_another_backbone_is_a_clear_error(project, tmp_path, capsys):
+    assert train(project, "--steps", "1") == 0
+    other_file = tmp_path / "other.safetensors"
+    save_generator(TriPlaneGenerator.from_config(tiny_fit_config(plane_resolution=16, neural_resolution=RESOLUTION), 1),
+                   other_file)
+    other = tmp_path / "other"
+    with Project.create(other, BackboneRef.for_file(other_file, other)) as created:
+        simulate_annotations(created, created.load_backbone(), seeds_for("annotate", 1), VIEWS[:1], RESOLUTION)
+    (other / "semantic").mkdir()
+    for path in (project / "semantic").glob("*.safetensors"):
+        (other / "semantic" / path.name).write_bytes(path.read_bytes())
+    capsys.readouterr()
+    assert train(other, "--steps", "2", "--resume") == 2
+    error = capsys.readouterr().err
+    assert "semantic-step0000001.safetensors" in error and "trained on backbone" in error
+
+
 def _signal_at_step(monkeypatch, step: int, count: int):
     """Send SIGTERM `count` times to this process when training reports `step`."""
     update = _ProgressBars.update
@@ -219,4 +236,4 @@ def test_the_surface_oracle_on_the_true_surface_gives_the_true_labels(truth):
     oracle = SurfaceOracleLabeller(lambda seed, camera: truth(seed, camera).depth)
     cameras = [camera for camera, _ in _views(truth)]
     figures = evaluate_labels(oracle, truth, [SEED], cameras, [], [], [str(i) for i in range(12)])
-    assert figures["pixel_accuracy"] > 0.97 and figures["miou"] > 0.85
+    assert figures["pixel_accuracy"] > 0.99 and figures["miou"] > 0.99

@@ -77,6 +77,7 @@ def _check_train_arguments(args) -> None:
 
 def _train_in_project(project, args) -> None:
     from core.cli import UserError
+    from core.checkpoint.errors import CheckpointError
     from core.semantic.checkpoint import list_checkpoints
     from core.semantic.training import TrainingSettings, train_semantic
 
@@ -100,7 +101,7 @@ def _train_in_project(project, args) -> None:
             result = train_semantic(branch, backbone, views, args.steps, progress=bars.update, should_stop=stop,
                                     checkpoint_dir=directory, resume=args.resume, settings=settings,
                                     validate=validation)
-        except (ValueError, FileExistsError) as error:
+        except (ValueError, FileExistsError, CheckpointError) as error:  # e.g. resuming another backbone's branch
             raise UserError(str(error)) from error
     _report_result(result, log)
     if result.stopped:

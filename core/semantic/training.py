@@ -25,7 +25,6 @@ from core.backbone import EG3D_DEFAULT_TRUNCATION_CUTOFF
 from core.checkpoint.errors import CorruptCheckpointError
 from core.semantic.branch import SemanticBranch
 from core.semantic.checkpoint import (
-    check_backbone_hash,
     checkpoint_name,
     list_checkpoints,
     load_branch_for_training,
@@ -385,11 +384,11 @@ def _start_step(run: _Run, resume: bool) -> tuple[int, Path | None]:
         return 0, None
     for step, path in reversed(existing):
         try:
-            loaded, document, optimizer_state = load_branch_for_training(path, device=run.backbone.device)
+            # A branch of another backbone is an error naming the file, not a checkpoint to skip.
+            loaded, _, optimizer_state = load_branch_for_training(path, run.backbone.content_hash, run.backbone.device)
         except CorruptCheckpointError as error:
             run.report(run.progress("preparing", 0, message=f"skipped unreadable checkpoint: {error}"))
             continue
-        check_backbone_hash(document, run.backbone.content_hash)
         _adopt(run.branch, run.optimizer, loaded, optimizer_state, path)
         run.report(run.progress("preparing", step, message=f"resumed from {path.name}", checkpoint=path))
         return step, path
