@@ -211,7 +211,7 @@ def add_edit_evaluation(what) -> None:
                                     "'evaluate' identities: IoU of the edited map inside r, PSNR outside r, seconds per "
                                     "edit; and RGB inversions of procedural renders: PSNR and label IoU.")
     p.add_argument("--project", required=True, type=Path, help="project with a trained semantic branch")
-    p.add_argument("--identities", type=int, default=3, help="identities for the scripted edits (3 edits each)")
+    p.add_argument("--identities", type=int, default=3, help="identities for the scripted edits (3 edits each; 0: skip them)")
     p.add_argument("--inversions", type=int, default=2, help="identities to invert (0: skip the inversion figures)")
     p.add_argument("--inversion-steps", type=int, default=100)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -229,14 +229,16 @@ def _evaluate_edit(args) -> None:
     from core.editing.semantic_edit import EditSettings
 
     _threads(args)
-    if args.identities < 1 or args.inversions < 0:
-        raise UserError("--identities must be at least 1 and --inversions at least 0")
+    if args.identities < 0 or args.inversions < 0 or args.identities + args.inversions == 0:
+        raise UserError("--identities and --inversions must be at least 0, and not both 0")
     backbone, branch, _ = _open_project(args.project, need_branch=True, device=args.device)
     settings = EditSettings(steps=args.steps, resolution=args.resolution)
+    figures = {}
     try:
-        with tqdm(total=args.identities * 3, desc="edits", unit="edit", disable=args.json) as bar:
-            figures = evaluate_edits(backbone, branch, args.identities, settings, args.vgg,
-                                     progress=lambda done, total: bar.update(done - bar.n))
+        if args.identities:
+            with tqdm(total=args.identities * 3, desc="edits", unit="edit", disable=args.json) as bar:
+                figures = evaluate_edits(backbone, branch, args.identities, settings, args.vgg,
+                                         progress=lambda done, total: bar.update(done - bar.n))
         if args.inversions:
             inversion = InversionSettings(steps=args.inversion_steps, resolution=args.resolution)
             with tqdm(total=args.inversions, desc="inversions", unit="image", disable=args.json) as bar:
@@ -248,9 +250,10 @@ def _evaluate_edit(args) -> None:
     if args.json:
         print(json.dumps(figures, indent=2))
         return
-    print(f"edits ({len(figures['edits'])}, {backbone.name}): IoU inside r {figures['iou_in_region']:.3f} "
-          f"(before the edit {figures['iou_in_region_before']:.3f}), PSNR outside r {figures['psnr_outside_region']:.1f} dB, "
-          f"{figures['seconds_per_edit']:.1f} s per edit")
+    if "edits" in figures:
+        print(f"edits ({len(figures['edits'])}, {backbone.name}): IoU inside r {figures['iou_in_region']:.3f} "
+              f"(before the edit {figures['iou_in_region_before']:.3f}), PSNR outside r "
+              f"{figures['psnr_outside_region']:.1f} dB, {figures['seconds_per_edit']:.1f} s per edit")
     if "inversion" in figures:
         inv = figures["inversion"]
         print(f"RGB inversion ({len(inv['inversions'])}): PSNR {inv['psnr']:.1f} dB, label IoU {inv['label_iou']:.3f} "

@@ -46,7 +46,7 @@ class NoOpEditError(EditingInputError):
 class EditSettings:
     steps: int = 30
     resolution: int = 64  # render size while optimising
-    learning_rate: float = 0.05  # of the w+ offset, in units of the spread of w
+    learning_rate: float = 0.02  # of the w+ offset, in units of the spread of w (Adam moves every coordinate ~lr per step)
     rgb_weight: float = 10.0  # λ₁ (MSE in EG3D's [-1, 1] range)
     perceptual_weight: float = 1.0  # λ₂
     # Extra weight of the cross-entropy *inside r* (its mean over r's pixels). The paper's CE is a
