@@ -195,6 +195,8 @@ def render_culled(generator, identity: Identity, camera_labels: torch.Tensor, re
     origins, directions = generator.ray_sampler(cam2world, intrinsics, resolution)
     n, m, _ = origins.shape
     if max_rays_per_chunk is None and identity.planes.device.type == "cpu":
+        # Small chunks keep the per-sample tensors in cache: 2048 rays per chunk (as for one view
+        # of generator.render) measured 2x faster on one thread than 8 views' worth per chunk.
         max_rays_per_chunk = CPU_RAY_CHUNK
     fixed_limits = all(isinstance(options[key], (int, float)) for key in ("ray_start", "ray_end"))
     if fixed_limits:
