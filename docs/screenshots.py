@@ -113,6 +113,12 @@ def main() -> None:
             written.append("pointcloud.png")
 
     window.tabs.setCurrentWidget(window.edit)
+    if has_branch:  # an identity to edit, with a change painted into its label map
+        window.edit.start_from_seed(seed)
+        _wait(app, lambda: window.edit.before is not None and not window.edit.is_busy(), 300)
+        window.edit.set_brush_size(9)
+        window.edit.apply_stroke([(56.5, 78.5), (64.5, 80.5), (72.5, 78.5)], label=9)  # a wider nose
+        _wait(app, lambda: False, 0.5)
     window.grab().save(str(args.out / "edit.png"))
 
     window.train_semantic_branch()
