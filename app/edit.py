@@ -314,6 +314,9 @@ class EditWorkspace(QWidget):
         if self.last_result is None:
             self.error.emit("Nothing to save yet: run an edit first.")
             return None
+        if not getattr(self.project, "writable", True):
+            self.error.emit("The project is open read-only (another window holds it); the edit cannot be saved.")
+            return None
         name = (name or self._name_edit.text()).strip()
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name or ""):
             self.error.emit("Name the edit with letters, digits, '-', '_' or '.' (at most 64).")
