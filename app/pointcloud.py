@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem
 
 from app.rendering import ALPHA_THRESHOLD, fuse_cloud
 from app.widgets import colour_icon, placeholder
+from core.factory.pointcloud import PointCloud
 from app.workers import run_in_background
 
 # Views fused into the cloud: around the face and a little from above and below (yaw, pitch).
@@ -128,6 +129,8 @@ class PointCloudPanel(QWidget):
                              else note)
         self.cloud, self.cloud_seed = None, None
         self._refresh_classes()
+        if self.scene is not None:  # the previous session's cloud goes
+            self.scene.set_cloud(PointCloud.concatenate([]), palette)
 
     def fuse(self, seed: int, truncation_psi: float) -> None:
         """Fuse CLOUD_VIEWS of the identity in the background; the cloud shows when it is done."""

@@ -108,6 +108,8 @@ def test_vispy_scene_draws_the_visible_classes_only():
     scene.set_colour_by("rgb")
     image = canvas.render()[..., :3]
     assert (np.abs(image.astype(int) - 200).max(-1) <= 2).sum() > 100  # the points' own grey
+    scene.set_cloud(PointCloud.concatenate([]), palette)  # another session: nothing left on screen
+    assert canvas.render()[..., :3].max() < 40
     canvas.close()
 
 
