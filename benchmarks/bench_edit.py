@@ -7,7 +7,8 @@
 Each edit is the scripted "enlarge the eyes" of core.editing.evaluate on one 'evaluate' identity
 (frontal view), run through core.editing.edit_identity exactly as `main.py edit` runs it. Prints,
 per edit, the wall time of the whole edit (target preparation, optimisation, final 128² render),
-the mean time of one optimisation step (forward + backward through synthesis, RGB render and
+the CPU seconds the process used (on a machine shared with other work, CPU seconds with
+--threads 1 approximate the wall time on one idle core), the median time of one optimisation step (forward + backward through synthesis, RGB render and
 semantic branch) and the machine's load average, then the median over --edits. The issue's goal:
 ≤ 10 s per edit on 2 CPU cores (aim 3 s). Not a test.
 """
@@ -65,7 +66,7 @@ def main() -> None:
         if not (target != before[1]).any():
             print(f"seed {seed}: the scripted edit changes nothing in this view; skipped")
             continue
-        began = time.perf_counter()
+        began, began_cpu = time.perf_counter(), time.process_time()
         step_times, last = [], [time.perf_counter()]
 
         def progress(report, step_times=step_times, last=last):
@@ -75,10 +76,10 @@ def main() -> None:
 
         result = edit_identity(G, branch, ws, *EDIT_VIEW, target, settings, edited_labels=labels, before=before,
                                progress=progress)
-        seconds = time.perf_counter() - began
+        seconds, cpu = time.perf_counter() - began, time.process_time() - began_cpu
         times.append(seconds)
         load = os.getloadavg()[0]
-        print(f"seed {seed}: {seconds:.2f} s per edit ({result.seconds:.2f} s inside edit_identity), "
+        print(f"seed {seed}: {seconds:.2f} s per edit ({cpu:.2f} CPU s of this process), "
               f"{1000 * statistics.median(step_times[1:] or step_times):.0f} ms per step, load {load:.1f}")
     if times:
         print(f"median {statistics.median(times):.2f} s per edit over {len(times)} edits")
