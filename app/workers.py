@@ -3,8 +3,9 @@
 The GUI thread never calls the backbone. A workspace asks its RenderClient for a view; the client
 puts the request in a one-slot mailbox (a newer request replaces one still waiting) and wakes the
 worker thread, which renders whatever is newest when it gets to it. While the user drags, the
-client asks for coarse frames; ~150 ms after the last interactive request it asks for the refined
-frame. Every request gets an increasing id, so a frame that arrives after a newer one was shown,
+client asks for coarse frames; ~150 ms after the last interactive request it asks for a sharp
+rest preview (REST_PREVIEW_RESOLUTION, every ray sample) and, once that is on screen, for the
+refined frame (the checkpoint's own resolution and samples). Every request gets an increasing id, so a frame that arrives after a newer one was shown,
 or after a cancel, is dropped instead of flickering back.
 """
 from __future__ import annotations
@@ -22,6 +23,9 @@ REFINE_DELAY_MS = 150
 # Preview frames while dragging: this many rays a side, with COARSE_SAMPLES_PER_RAY samples each
 # (see benchmarks/bench_render_worker.py for what this buys).
 COARSE_NEURAL_RESOLUTION = 32
+# When the drag rests, a sharp preview (this many rays a side, every ray sample) comes first and
+# the exact refined frame after it: a quarter of the refined frame's work at 128².
+REST_PREVIEW_RESOLUTION = 64
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,15 @@ class RenderClient(QObject):
 
     def __init__(self, parent: QObject | None = None, refine_delay_ms: int = REFINE_DELAY_MS,
                  coarse_resolution: int = COARSE_NEURAL_RESOLUTION, render: Callable = render_frame,
-                 coarse_samples_per_ray: tuple[int, int] | None = COARSE_SAMPLES_PER_RAY):
+                 coarse_samples_per_ray: tuple[int, int] | None = COARSE_SAMPLES_PER_RAY,
+                 rest_preview_resolution: int | None = REST_PREVIEW_RESOLUTION):
         super().__init__(parent)
         self.backbone = None
         self.branch = None
         self.coarse_resolution = coarse_resolution
         self.coarse_samples_per_ray = coarse_samples_per_ray
+        self.rest_preview_resolution = rest_preview_resolution
+        self._refine_after: tuple[int, ViewRequest] | None = None  # (rest preview's id, the refined view)
         self.rendered_count = 0  # frames the worker produced (tests check coalescing with it)
         self._next_id = 1
         self._newest_shown = 0
@@ -140,6 +147,7 @@ class RenderClient(QObject):
         """
         if self.backbone is None:
             return None
+        self._refine_after = None
         if not interactive:
             self._refine_timer.stop()
             self._pending_refine = None
@@ -152,6 +160,7 @@ class RenderClient(QObject):
         """Forget pending requests and drop any frame still being rendered."""
         self._refine_timer.stop()
         self._pending_refine = None
+        self._refine_after = None
         self._mailbox.clear()
         self._cancelled_through = self._next_id - 1
 
@@ -167,8 +176,21 @@ class RenderClient(QObject):
         return min(self.coarse_resolution, full)
 
     def _submit_refined(self) -> None:
+        """The drag rests: the sharp preview first (when it is smaller), then the refined frame."""
         view, self._pending_refine = self._pending_refine, None
-        if view is not None and self.backbone is not None:
+        if view is None or self.backbone is None:
+            return
+        full = view.neural_resolution or self.backbone.generator.neural_rendering_resolution
+        if self.rest_preview_resolution and self.rest_preview_resolution < full:
+            preview_id = self._post(view.as_preview(self.rest_preview_resolution, None), coarse=True)
+            self._refine_after = (preview_id, view)
+        else:
+            self._post(view, coarse=False)
+
+    def _continue_refining(self, request_id: int) -> None:
+        """The rest preview is done (or failed): now the refined frame, unless a newer request came."""
+        if self._refine_after is not None and self._refine_after[0] == request_id:
+            view, self._refine_after = self._refine_after[1], None
             self._post(view, coarse=False)
 
     def _post(self, view: ViewRequest, coarse: bool) -> int:
@@ -181,6 +203,7 @@ class RenderClient(QObject):
     @Slot(object)
     def _on_rendered(self, frame: Frame) -> None:
         self.rendered_count += 1
+        self._continue_refining(frame.request_id)
         if frame.request_id <= self._cancelled_through or frame.request_id < self._newest_shown:
             return  # stale: cancelled, or overtaken by a newer frame already on screen
         self._newest_shown = frame.request_id
@@ -188,6 +211,7 @@ class RenderClient(QObject):
 
     @Slot(int, str)
     def _on_failed(self, request_id: int, message: str) -> None:
+        self._continue_refining(request_id)
         if request_id > self._cancelled_through:
             self.error.emit(message)
 

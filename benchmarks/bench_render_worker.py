@@ -6,7 +6,8 @@
 drag:    an interactive request every 1/60 s (a mouse at 60 Hz) for --seconds; we count the
          coarse frames that reach the GUI thread during the drag (issue 6: at least 10 per second).
 rest:    --rests times, the mouse stops after a short drag; the time from the last request to
-         the refined frame on the GUI thread (issue 6: within 0.5 s at 128²), and the render alone.
+         the sharp rest preview (64², every ray sample) and to the refined frame on the GUI
+         thread (issue 6: a refined frame within 0.5 s at 128²), and the renders alone.
 startup: `python main.py`'s window, offscreen, in a fresh process: from launching the process to
          the first Orbit frame of the embedded default on screen (issue 6: within 5 s).
 Also printed: the render alone per coarse/refined frame, to see where time goes. Other
@@ -106,7 +107,7 @@ def main() -> None:
           f"({len(coarse) / args.seconds:.1f} fps at {coarse_resolution}², samples {samples or 'full'}); "
           f"render alone median {1000 * statistics.median(f.seconds for _, f in coarse):.0f} ms" if coarse else
           f"drag: no coarse frame arrived in {args.seconds:.1f} s")
-    waits, renders, size = [], [], None
+    waits, renders, size, previews, preview_renders = [], [], None, [], []
     for rest in range(args.rests):
         shown.clear()
         _, released = drag(0.2, first_step=rest * 37)
@@ -115,7 +116,14 @@ def main() -> None:
             waits.append(result[0] - released)
             renders.append(result[1].seconds)
             size = result[1].rgb.shape[0]
+        preview = [(t, f) for t, f in shown if t >= released and f.request.neural_resolution == client.rest_preview_resolution]
+        if preview:
+            previews.append(preview[0][0] - released)
+            preview_renders.append(preview[0][1].seconds)
     client.shutdown()
+    if previews:
+        print(f"rest: sharp {client.rest_preview_resolution}² preview on screen median {statistics.median(previews):.2f} s "
+              f"after the last request; render alone median {statistics.median(preview_renders):.2f} s")
     if waits:
         print(f"rest: refined {size}² frame on screen median {statistics.median(waits):.2f} s after the last request "
               f"(min {min(waits):.2f}, max {max(waits):.2f}; includes the {client._refine_timer.interval()} ms rest "

@@ -17,10 +17,12 @@ class SlowRenderer:
     def __init__(self, seconds: float = 0.05):
         self.seconds = seconds
         self.rendered: list[ViewRequest] = []
+        self.started: list[ViewRequest] = []
         self.on_thread: set[str] = set()
 
     def __call__(self, backbone, request, request_id, coarse, branch=None):
         self.on_thread.add(threading.current_thread().name)
+        self.started.append(request)
         time.sleep(self.seconds)
         self.rendered.append(request)
         size = request.neural_resolution or 64
@@ -64,10 +66,23 @@ def test_dragging_renders_coarse_then_refined_at_rest(client, qtbot):
         client.request(ViewRequest(seed=1, yaw=step * 2.0), interactive=True)
         qtbot.wait(10)
     qtbot.waitUntil(lambda: bool(shown) and not shown[-1].coarse, timeout=5000)
-    coarse = [frame for frame in shown if frame.coarse]
-    assert coarse and all(frame.request.neural_resolution == 32 for frame in coarse)
-    assert shown[-1].request.yaw == 8.0 and shown[-1].request.neural_resolution is None
-    assert sum(1 for r in renderer.rendered if r.neural_resolution is None) == 1  # one refined frame
+    drag = [frame for frame in shown if frame.coarse and frame.request.neural_resolution == 32]
+    assert drag and all(frame.request.samples_per_ray == (12, 12) for frame in drag)
+    # At rest: one sharp preview (64², every sample), then one refined frame, both of the last view.
+    rest = [(r.neural_resolution, r.samples_per_ray) for r in renderer.rendered if r.neural_resolution != 32]
+    assert rest == [(64, None), (None, None)]
+    assert [frame.request.neural_resolution for frame in shown[-2:]] == [64, None]
+    assert shown[-1].request.yaw == 8.0 and shown[-2].request.yaw == 8.0
+
+
+def test_a_new_drag_during_the_rest_preview_cancels_the_refined_frame(client, qtbot):
+    client, renderer, shown = client
+    client.request(ViewRequest(seed=1, yaw=1.0), interactive=True)
+    qtbot.waitUntil(lambda: any(r.neural_resolution == 64 for r in renderer.started), timeout=5000)
+    client.request(ViewRequest(seed=1, yaw=2.0), interactive=True)  # the drag goes on mid-preview
+    qtbot.waitUntil(lambda: bool(shown) and not shown[-1].coarse and shown[-1].request.yaw == 2.0, timeout=5000)
+    refined = [r for r in renderer.rendered if r.neural_resolution is None]
+    assert [r.yaw for r in refined] == [2.0]  # nothing refined for the view the user left
 
 
 def test_cancel_drops_the_frame_in_flight(client, qtbot):
