@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 
@@ -78,6 +79,12 @@ def _generate(args) -> None:
         result = generate_dataset(request, progress)
     except FactoryError as error:
         raise UserError(str(error)) from error
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        print(f"{args.out}: stopped; every identity marked done in manifest.json is complete. "
+              "Run the same command with --resume to finish (same files as an uninterrupted run).", file=sys.stderr)
+        raise
     finally:
         if bar is not None:
             bar.close()

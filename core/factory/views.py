@@ -5,7 +5,7 @@ semantic tri-plane run once per identity; the views are rendered together, batch
 cached planes, and the semantic branch reuses each backbone render through its density-prior
 path (`labels_for_view(..., view=...)`): the branch only decodes a few points per visible ray and
 runs its super-resolution, it never renders a view of its own. With `skip_empty_space` (the
-default) the backbone renders through `core.factory.culling`: the identity's density is measured
+default on a CPU) the backbone renders through `core.factory.culling`: the identity's density is measured
 once on a grid and the views decode only samples where there is density (the same renders to
 ~1e-4; culling.py says how and by how much).
 
@@ -72,13 +72,15 @@ def render_identity_views(
     camera_labels,
     resolution: int,
     view_batch: int = DEFAULT_VIEW_BATCH,
-    skip_empty_space: bool = True,
+    skip_empty_space: bool | None = None,
 ) -> IdentityViews:
     """Render every camera (V, 25) of one identity; see the module docstring for what comes back."""
     camera_labels = torch.as_tensor(np.asarray(camera_labels, np.float32)).reshape(-1, 25)
     device = identity.planes.device
     semantic = branch.semantic_identity(identity)  # cached: once per identity
     neural_resolution = neural_resolution_for(generator, resolution)
+    if skip_empty_space is None:  # measured on CPUs only; a GPU renders the plain batch in one pass
+        skip_empty_space = device.type == "cpu"
     occupancy = occupancy_grid(generator, identity) if skip_empty_space else None
     parts = []
     for first in range(0, len(camera_labels), max(1, int(view_batch))):
