@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from core.camera import DEFAULT_FOV_DEG, Camera
+from core.factory.culling import occupancy_grid, render_culled
 from core.factory.pointcloud import PointCloud, fuse_identity_views
 from core.factory.views import ALPHA_THRESHOLD
 from core.fitting.trainer import composite_on_grey
@@ -27,6 +29,15 @@ _RENDER_TURN = threading.Lock()
 # 24 + 24; a quarter of the samples at a quarter of the pixels is what keeps a drag fluid on a
 # laptop CPU, and the refined frame at rest is rendered exactly as the checkpoint says.
 COARSE_SAMPLES_PER_RAY = (12, 12)
+# Full-sample frames on a CPU skip empty space (core.factory.culling: decode only samples in cells
+# where the identity has density). That about halves a refined 128² frame of the default backbone;
+# measured against the plain render (2 identities, 3 views each): colour within 0.02 of one display
+# level, opacity within 1e-4. A 32³ occupancy grid (0.1 s, once per identity; the factory's 64³
+# takes 1 s) skips as much as a 64³ one here, the dilation keeping it conservative.
+SKIP_EMPTY_SPACE = True
+OCCUPANCY_GRID = 32
+_OCCUPANCY_CACHE = 8
+_occupancies: OrderedDict[int, tuple] = OrderedDict()  # id(identity) -> (identity, Occupancy)
 
 
 @dataclass(frozen=True)
@@ -84,11 +95,12 @@ def shows_on_grey(backbone) -> bool:
 
 
 def render_frame(backbone, request: ViewRequest, request_id: int = 0, coarse: bool = False,
-                 branch=None) -> Frame:
+                 branch=None, skip_empty_space: bool = SKIP_EMPTY_SPACE) -> Frame:
     """Render one request; the identity's planes come from the backbone's cache when warm.
 
     With `branch` (a core.semantic SemanticBranch) and request.labels, the part labels reuse
     this very render of the backbone (its samples), so they cost only the semantic part.
+    `skip_empty_space`: see SKIP_EMPTY_SPACE (full-sample frames on a CPU only).
     """
     start = time.perf_counter()
     want_labels = request.labels and branch is not None
@@ -96,8 +108,11 @@ def render_frame(backbone, request: ViewRequest, request_id: int = 0, coarse: bo
         identity = backbone.identity_from_seed(request.seed, request.truncation_psi)
         grey = shows_on_grey(backbone)
         camera = request.camera(backbone)
-        view = backbone.render(identity, camera, request.neural_resolution, deterministic=True,
-                               return_samples=want_labels or grey, samples_per_ray=request.samples_per_ray)
+        if skip_empty_space and request.samples_per_ray is None and identity.planes.device.type == "cpu":
+            view = _render_skipping_empty_space(backbone, identity, camera, request.neural_resolution)
+        else:
+            view = backbone.render(identity, camera, request.neural_resolution, deterministic=True,
+                                   return_samples=want_labels or grey, samples_per_ray=request.samples_per_ray)
         image = view.image
         if grey:
             alpha = view.samples["weights"].sum(2)  # (N, h*w, 1): the ray's opacity
@@ -110,6 +125,27 @@ def render_frame(backbone, request: ViewRequest, request_id: int = 0, coarse: bo
     # A fixed depth range keeps the grey levels steady while orbiting (per-frame min/max flickers).
     depth = depth_to_uint8(view.depth[0], kwargs.get("ray_start"), kwargs.get("ray_end"))
     return Frame(request, request_id, coarse, rgb_to_uint8(image), depth, time.perf_counter() - start, labels)
+
+
+def _render_skipping_empty_space(backbone, identity, camera, neural_resolution):
+    generator = backbone.generator
+    resolution = neural_resolution or generator.neural_rendering_resolution
+    label = camera.label().to(backbone.device)[None]
+    view, _ = render_culled(generator, identity, label, resolution, _occupancy(generator, identity))
+    return view
+
+
+def _occupancy(generator, identity):
+    """The identity's occupancy grid, computed on its first full-sample frame (under the render turn)."""
+    entry = _occupancies.get(id(identity))
+    if entry is not None and entry[0] is identity:
+        _occupancies.move_to_end(id(identity))
+        return entry[1]
+    occupancy = occupancy_grid(generator, identity, resolution=OCCUPANCY_GRID)
+    _occupancies[id(identity)] = (identity, occupancy)  # holding the identity keeps its id() unique
+    while len(_occupancies) > _OCCUPANCY_CACHE:
+        _occupancies.popitem(last=False)
+    return occupancy
 
 
 def _labels(branch, backbone, identity, camera, view) -> np.ndarray:

@@ -54,11 +54,15 @@ def main() -> None:
     parser.add_argument("--coarse-samples", help="coarse frames' ray samples 'coarse,importance' or 'full' (default: the studio's)")
     parser.add_argument("--rests", type=int, default=5, help="refined frames to time")
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up measurement")
+    parser.add_argument("--no-skip", action="store_true", help="full-sample frames without empty-space skipping")
     args = parser.parse_args()
 
     import torch
     from PySide6.QtCore import QCoreApplication
 
+    from functools import partial
+
+    import app.rendering as rendering
     from app.rendering import COARSE_SAMPLES_PER_RAY, ViewRequest
     from app.workers import COARSE_NEURAL_RESOLUTION, RenderClient
     from core.backbone import load_backbone
@@ -71,8 +75,15 @@ def main() -> None:
     coarse_resolution = args.coarse or COARSE_NEURAL_RESOLUTION
     app = QCoreApplication([])
     backbone = load_backbone(args.backbone)
-    backbone.identity_from_seed(0, 1.0)  # identity synthesis is a one-off per seed, not per frame
-    client = RenderClient(coarse_resolution=coarse_resolution, coarse_samples_per_ray=samples)
+    identity = backbone.identity_from_seed(0, 1.0)  # identity synthesis is a one-off per seed, not per frame
+    skip = not args.no_skip
+    occupancy_s = None
+    if skip:  # also once per identity, on its first full-sample frame; timed here on its own
+        start = time.perf_counter()
+        rendering._occupancy(backbone.generator, identity)
+        occupancy_s = time.perf_counter() - start
+    client = RenderClient(coarse_resolution=coarse_resolution, coarse_samples_per_ray=samples,
+                          render=partial(rendering.render_frame, skip_empty_space=skip))
     client.set_backbone(backbone)
     shown = []
     client.frame_ready.connect(lambda frame: shown.append((time.perf_counter(), frame)))
@@ -101,6 +112,7 @@ def main() -> None:
 
     print(f"backbone {backbone.name}, device cpu, torch threads {torch.get_num_threads()}, os cpus {os.cpu_count()}, "
           f"load average {os.getloadavg()[0]:.1f}")
+    print(f"full-sample frames: {'empty space skipped (occupancy grid once per identity: %.2f s)' % occupancy_s if skip else 'plain render'}")
     steps, released = drag(args.seconds)
     coarse = [(t, f) for t, f in shown if f.coarse and t <= released]
     print(f"drag: {steps} requests in {args.seconds:.1f} s -> {len(coarse)} coarse frames shown "

@@ -133,3 +133,13 @@ def test_prefill_failure_is_reported(annotate, qtbot, backbone, project, monkeyp
     with qtbot.waitSignal(annotate.error, timeout=5000) as signal:
         annotate.prefill_from_branch()
     assert "Prefill failed" in signal.args[0] and "no memory" in signal.args[0]
+
+
+def test_skipping_empty_space_shows_the_same_frame(project, backbone):
+    branch = save_tiny_branch(project, backbone)
+    request = ViewRequest(seed=6, yaw=20.0, labels=True)
+    plain = render_frame(backbone, request, branch=branch, skip_empty_space=False)
+    culled = render_frame(backbone, request, branch=branch, skip_empty_space=True)
+    assert np.abs(plain.rgb.astype(int) - culled.rgb.astype(int)).max() <= 1
+    assert np.abs(plain.depth.astype(int) - culled.depth.astype(int)).max() <= 1
+    assert np.mean(plain.labels == culled.labels) > 0.99
