@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--rests", type=int, default=5, help="refined frames to time")
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up measurement")
     parser.add_argument("--no-skip", action="store_true", help="full-sample frames without empty-space skipping")
+    parser.add_argument("--rest-preview", type=int, help="rest preview resolution, 0 for none (default: the studio's)")
     args = parser.parse_args()
 
     import torch
@@ -84,6 +85,8 @@ def main() -> None:
         occupancy_s = time.perf_counter() - start
     client = RenderClient(coarse_resolution=coarse_resolution, coarse_samples_per_ray=samples,
                           render=partial(rendering.render_frame, skip_empty_space=skip))
+    if args.rest_preview is not None:
+        client.rest_preview_resolution = args.rest_preview or None
     client.set_backbone(backbone)
     shown = []
     client.frame_ready.connect(lambda frame: shown.append((time.perf_counter(), frame)))
@@ -128,7 +131,8 @@ def main() -> None:
             waits.append(result[0] - released)
             renders.append(result[1].seconds)
             size = result[1].rgb.shape[0]
-        preview = [(t, f) for t, f in shown if t >= released and f.request.neural_resolution == client.rest_preview_resolution]
+        preview = [(t, f) for t, f in shown if t >= released and client.rest_preview_resolution
+                   and f.request.neural_resolution == client.rest_preview_resolution]
         if preview:
             previews.append(preview[0][0] - released)
             preview_renders.append(preview[0][1].seconds)
