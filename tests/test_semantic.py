@@ -356,8 +356,8 @@ def test_a_projects_annotations_train_the_branch(backbone, tmp_path):
 
 
 def test_every_header_length_reads_back(backbone, tmp_path):
-    # The shared safetensors reader rejects a file whose first byte is 0x80 (a pickle's), which a
-    # header of 128 mod 256 bytes would start with; save_branch must never write one.
+    # A header of 128 mod 256 bytes makes the file's first byte 0x80, a pickle's first byte: the
+    # shared safetensors reader must still recognise it (the '{' at byte 8 decides).
     branch, path = new_branch(backbone.generator), tmp_path / "branch.safetensors"
     for length in range(256):
         save_branch(branch, path, backbone_hash="hash-of-tiny", metrics={"note": "x" * length})

@@ -133,12 +133,14 @@ def _check_safetensors_header(path: Path) -> None:
         size = file.seek(0, 2)
     if len(head) < 9:
         raise CorruptCheckpointError("the file is too short to be a .safetensors checkpoint (truncated?)")
-    if head[:1] == b"\x80":
-        raise ForeignCheckpointError("this is a pickle file (an EG3D network pickle?); load it with load_eg3d_pickle")
-    if head.startswith(b"PK\x03\x04"):
-        raise ForeignCheckpointError("this is a zip archive (a torch.save checkpoint?), not a studio checkpoint")
     header_length = int.from_bytes(head[:8], "little")
-    if head[8:9] != b"{" or header_length > SAFETENSORS_HEADER_LIMIT:
+    if head[8:9] == b"{" and header_length <= SAFETENSORS_HEADER_LIMIT:
+        pass   # looks like safetensors (its first byte may be anything, 0x80 included)
+    elif head[:1] == b"\x80":
+        raise ForeignCheckpointError("this is a pickle file (an EG3D network pickle?); load it with load_eg3d_pickle")
+    elif head.startswith(b"PK\x03\x04"):
+        raise ForeignCheckpointError("this is a zip archive (a torch.save checkpoint?), not a studio checkpoint")
+    else:
         raise ForeignCheckpointError("this is not a .safetensors file")
     if 8 + header_length > size:
         raise CorruptCheckpointError("the file ends inside its header (truncated?)")

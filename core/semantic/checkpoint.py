@@ -86,12 +86,7 @@ def save_branch(
             header = {"format": "pt", METADATA_KEY: json.dumps(document, sort_keys=True)}
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"the metrics or settings are not JSON-serialisable: {error}") from error
-        data = safetensors.torch.save(tensors, metadata=header)
-        if data[:1] == b"\x80":
-            # The shared reader (studio_format._check_safetensors_header) takes a first byte 0x80
-            # for a pickle, i.e. any header length of 128 mod 256; a few bytes more avoid that.
-            data = safetensors.torch.save(tensors, metadata=dict(header, padding="    "))
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=header))
 
 
 def _split_optimizer_state(state: dict) -> tuple[dict, dict]:
