@@ -92,7 +92,7 @@ def add_parser(sub) -> None:
                     "project if the folder holds none. Views already annotated are skipped.")
     p.add_argument("--project", required=True, type=Path, help="project folder (created if missing)")
     p.add_argument("--identities", required=True, type=int, help="number of identities K, from the 'annotate' seed range")
-    p.add_argument("--views", required=True, help="'yaw,pitch;yaw,pitch;…' in degrees, e.g. '-30,0;0,0;30,0'")
+    p.add_argument("--views", required=True, help="'yaw,pitch;yaw,pitch;…' in degrees, e.g. --views='-30,0;0,0;30,0' (with '=': a value starting with '-' would be read as an option)")
     p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION, help=f"mask size in pixels (default {DEFAULT_RESOLUTION})")
     p.add_argument("--start", type=int, default=0, help="skip this many seeds of the 'annotate' range first (default 0)")
     p.add_argument("--backbone", help="backbone file for a new project (default: the embedded one); for an existing project it must be the project's")
