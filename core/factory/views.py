@@ -7,7 +7,7 @@ path (`labels_for_view(..., view=...)`): the branch only decodes a few points pe
 runs its super-resolution, it never renders a view of its own. With `skip_empty_space` (the
 default on a CPU) the backbone renders through `core.factory.culling`: the identity's density is measured
 once on a grid and the views decode only samples where there is density (the same renders to
-~1e-4; culling.py says how and by how much).
+within 4e-4 in opacity; culling.py says how).
 
 Everything comes back at the label resolution `resolution`:
 * rgb: the backbone's final image, resized (area) when its size differs;
