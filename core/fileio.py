@@ -17,12 +17,22 @@ import numpy as np
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic_write(path, "wb", [data])
+
+
+def atomic_write_text_chunks(path: str | Path, chunks) -> None:
+    """A large text file written piece by piece (never whole in memory), atomically."""
+    _atomic_write(path, "w", chunks)
+
+
+def _atomic_write(path: str | Path, mode: str, chunks) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

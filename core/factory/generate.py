@@ -40,7 +40,7 @@ import torch
 
 from core.factory.pointcloud import fuse_views, write_ply
 from core.factory.views import ALPHA_THRESHOLD, DEFAULT_VIEW_BATCH, render_identity_views
-from core.fileio import atomic_write_bytes, atomic_write_json, write_indexed_png, write_png
+from core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text_chunks, write_indexed_png, write_png
 
 FORMAT_NAME = "datasetnerf-studio/factory-dataset"
 FORMAT_VERSION = 1
@@ -423,24 +423,7 @@ def _write_cameras(path: Path, request, backbone, depth_scale: float) -> None:
             yield ",\n".join(lines) + (",\n" if index + 1 < request.identities else "\n")
         yield "  }\n}\n"
 
-    _atomic_write_stream(path, chunks())
-
-
-def _atomic_write_stream(path: Path, chunks) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text_chunks(path, chunks())
 
 
 class _naming_failed_writes:
