@@ -29,6 +29,20 @@ def tiny_project(folder: Path, backbone: Backbone) -> Project:
     return Project.create(folder, reference, default_label_set(), {"annotation_resolution": MASK_SIZE})
 
 
+@pytest.fixture(scope="module")
+def backbone():
+    """One tiny backbone per test module (import this fixture by name, as below)."""
+    return tiny_backbone()
+
+
+@pytest.fixture
+def project(tmp_path, backbone):
+    """A fresh project on the tiny backbone, closed (lock released) after the test."""
+    project = tiny_project(tmp_path / "proj", backbone)
+    yield project
+    project.close()
+
+
 def isolated_settings(folder: Path) -> QSettings:
     """Recent projects go to a file under the test's tmp folder, never the user's settings."""
     return QSettings(str(folder / "studio.ini"), QSettings.IniFormat)

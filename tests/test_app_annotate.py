@@ -1,16 +1,11 @@
 """The Annotate workspace, offscreen, on a tiny random backbone."""
 import numpy as np
 import pytest
-from app_support import gui_thread_garbage_collection, MASK_SIZE, tiny_backbone, tiny_project  # noqa: F401 (autouse fixture)
+from app_support import backbone, gui_thread_garbage_collection, MASK_SIZE, tiny_project  # noqa: F401 (autouse fixture)
 from PySide6.QtCore import QPoint, Qt
 
 from app.annotate import AnnotateWorkspace
 from core.project import Project
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    return tiny_backbone()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from app_support import gui_thread_garbage_collection, tiny_backbone, tiny_project  # noqa: F401 (autouse fixture)
+from app_support import backbone, gui_thread_garbage_collection, tiny_project  # noqa: F401 (autouse fixture)
 
 from app.edit import EditWorkspace
 from app.semantic import BranchState
@@ -21,11 +21,6 @@ def one_thread():
     torch.set_num_threads(1)  # tiny networks: threads only add overhead on a shared machine
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    return tiny_backbone()
 
 
 @pytest.fixture

@@ -7,24 +7,12 @@ import os
 
 import numpy as np
 import pytest
-from app_support import gui_thread_garbage_collection, save_tiny_branch, tiny_backbone, tiny_project  # noqa: F401
+from app_support import backbone, project, gui_thread_garbage_collection, save_tiny_branch  # noqa: F401
 
 from app.orbit import OrbitWorkspace
 from app.pointcloud import CLOUD_VIEWS, CloudScene
 from app.semantic import load_project_branch
 from core.factory.pointcloud import PointCloud
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    return tiny_backbone()
-
-
-@pytest.fixture
-def project(tmp_path, backbone):
-    project = tiny_project(tmp_path / "proj", backbone)
-    yield project
-    project.close()
 
 
 @pytest.fixture

@@ -2,25 +2,12 @@
 import numpy as np
 import pytest
 import torch
-from app_support import (gui_thread_garbage_collection, MASK_SIZE, save_tiny_branch, tiny_backbone,  # noqa: F401
-                         tiny_project)
+from app_support import backbone, project, gui_thread_garbage_collection, MASK_SIZE, save_tiny_branch  # noqa: F401
 
 from app.annotate import AnnotateWorkspace
 from app.orbit import OrbitWorkspace
 from app.rendering import ViewRequest, predict_mask, render_frame, shows_on_grey
 from app.semantic import blend_labels, colour_labels, load_project_branch, semantic_folder
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    return tiny_backbone()
-
-
-@pytest.fixture
-def project(tmp_path, backbone):
-    project = tiny_project(tmp_path / "proj", backbone)
-    yield project
-    project.close()
 
 
 def test_branch_state_says_what_is_missing_and_loads_the_newest(project, backbone):

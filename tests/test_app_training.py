@@ -1,25 +1,12 @@
 """Training the semantic branch from the window: the same core function, progress, plots, stop."""
 import pytest
-from app_support import (gui_thread_garbage_collection, isolated_settings, paint_annotations,  # noqa: F401
-                         tiny_backbone, tiny_project)
+from app_support import backbone, project, gui_thread_garbage_collection, isolated_settings, paint_annotations  # noqa: F401
 from PySide6.QtWidgets import QMessageBox
 
 from app.main_window import MainWindow
 from app.semantic import load_project_branch, semantic_folder
 from app.training import TrainDialog
 from core.semantic.checkpoint import list_checkpoints
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    return tiny_backbone()
-
-
-@pytest.fixture
-def project(tmp_path, backbone):
-    project = tiny_project(tmp_path / "proj", backbone)
-    yield project
-    project.close()
 
 
 @pytest.fixture
