@@ -7,43 +7,29 @@ checks between identities, and the same request with "Resume" finishes the datas
 """
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QThread, QUrl, Signal
+from PySide6.QtCore import Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (QCheckBox, QDialog, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                                QMessageBox, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from app.errors import describe
+from app.workers import StoppableJob
 from core.factory.generate import FactoryProgress, GenerateRequest, generate_dataset, read_manifest
 
 DATASETS_FOLDER = "datasets"
 
 
-class FactoryJob(QThread):
-    """generate_dataset off the GUI thread."""
-
-    progressed = Signal(object)  # FactoryProgress
-    succeeded = Signal(object)  # FactoryResult
-    failed = Signal(str)
+class FactoryJob(StoppableJob):
+    """generate_dataset off the GUI thread (progress: FactoryProgress, result: FactoryResult)."""
 
     def __init__(self, request: GenerateRequest, parent=None):
         super().__init__(parent)
         self.request = request
-        self._stop = threading.Event()
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def run(self) -> None:
-        try:
-            result = generate_dataset(self.request, progress=self.progressed.emit, should_stop=self._stop.is_set)
-        except Exception as error:  # FactoryError names the file; anything else is shown as well
-            self.failed.emit(describe(error))
-            return
-        self.succeeded.emit(result)
+    def work(self):
+        return generate_dataset(self.request, progress=self.progressed.emit, should_stop=self.should_stop)
 
 
 class GenerateDialog(QDialog):

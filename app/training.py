@@ -8,16 +8,15 @@ steps (it then writes a last checkpoint, so nothing trained is lost).
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 
 import pyqtgraph as pg
-from PySide6.QtCore import QThread, QTimer, Signal
+from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import (QCheckBox, QDialog, QFormLayout, QHBoxLayout, QLabel, QMessageBox,
                                QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from app.errors import describe
 from app.semantic import semantic_folder
+from app.workers import StoppableJob
 from core.backbone import Backbone
 from core.semantic import SemanticBranch, TrainingProgress, TrainingSettings, train_semantic
 from core.semantic.annotations import annotated_views
@@ -40,34 +39,20 @@ def procedural_validation_available(project) -> bool:
     return project is not None and project.backbone.path == "default"
 
 
-class TrainingJob(QThread):
-    """train_semantic on a project's annotations, off the GUI thread."""
+class TrainingJob(StoppableJob):
+    """train_semantic on a project's annotations, off the GUI thread (progress: TrainingProgress,
+    result: TrainingResult)."""
 
-    progressed = Signal(object)  # TrainingProgress
     validated = Signal(int, dict)  # step, the checkpoint's metrics
-    succeeded = Signal(object)  # TrainingResult
-    failed = Signal(str)
 
     def __init__(self, project, backbone, request: TrainingRequest, parent=None):
         super().__init__(parent)
         self.project, self.request = project, request
         # Same frozen generator, its own identity cache: the render threads use the shared one.
         self.backbone = Backbone(backbone.generator, backbone.name, backbone.content_hash, backbone.device)
-        self._stop = threading.Event()
         self.problems: list = []
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def run(self) -> None:
-        try:
-            result = self._train()
-        except Exception as error:  # shown by the dialog; the studio keeps running
-            self.failed.emit(describe(error))
-            return
-        self.succeeded.emit(result)
-
-    def _train(self):
+    def work(self):
         folder = semantic_folder(self.project)
         views = annotated_views(self.project, self.problems)
         if not views:
@@ -82,7 +67,7 @@ class TrainingJob(QThread):
 
             extra["validate"] = ValidationSet(self.backbone, int(views[0].mask.shape[-1]))
         return train_semantic(branch, self.backbone, views, self.request.steps, progress=self._report,
-                              should_stop=self._stop.is_set, checkpoint_dir=folder, resume=self.request.resume,
+                              should_stop=self.should_stop, checkpoint_dir=folder, resume=self.request.resume,
                               settings=settings, **extra)
 
     def _branch(self, folder) -> SemanticBranch:

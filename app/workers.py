@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
+from app.errors import describe
 from app.rendering import COARSE_SAMPLES_PER_RAY, Frame, ViewRequest, render_frame
 
 REFINE_DELAY_MS = 150
@@ -214,6 +215,36 @@ class RenderClient(QObject):
         self._continue_refining(request_id)
         if request_id > self._cancelled_through:
             self.error.emit(message)
+
+
+class StoppableJob(QThread):
+    """Long core work (training, the factory) off the GUI thread: `work()` returns its result,
+    reports through `progressed` and polls `should_stop`, which Stop sets."""
+
+    progressed = Signal(object)
+    succeeded = Signal(object)
+    failed = Signal(str)  # the error, described for a message box
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set()
+
+    def work(self) -> Any:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        try:
+            result = self.work()
+        except Exception as error:  # shown by the dialog; the studio keeps running
+            self.failed.emit(describe(error))
+            return
+        self.succeeded.emit(result)
 
 
 class _TaskThread(QThread):
