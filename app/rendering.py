@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from core.camera import DEFAULT_FOV_DEG, Camera
-from core.factory.culling import occupancy_grid, render_culled
+from core.generator.culling import occupancy_grid, render_culled
 from core.factory.pointcloud import PointCloud, fuse_identity_views
 from core.factory.views import ALPHA_THRESHOLD
 from core.fitting.trainer import composite_on_grey
@@ -29,7 +29,7 @@ _RENDER_TURN = threading.Lock()
 # 24 + 24; a quarter of the samples at a quarter of the pixels is what keeps a drag fluid on a
 # laptop CPU, and the refined frame at rest is rendered exactly as the checkpoint says.
 COARSE_SAMPLES_PER_RAY = (12, 12)
-# Full-sample frames on a CPU skip empty space (core.factory.culling: decode only samples in cells
+# Full-sample frames on a CPU skip empty space (core.generator.culling: decode only samples in cells
 # where the identity has density). That about halves a refined 128² frame of the default backbone;
 # measured against the plain render (2 identities, 3 views each): colour within 0.02 of one display
 # level, opacity within 1e-4. A 32³ occupancy grid (0.1 s, once per identity; the factory's 64³

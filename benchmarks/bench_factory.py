@@ -42,7 +42,7 @@ def load() -> str:
 
 
 def stages(backbone, branch, views: int, size: int) -> None:
-    from core.factory.culling import occupancy_grid, render_culled
+    from core.generator.culling import occupancy_grid, render_culled
     from core.factory.generate import camera_labels, depth_to_png
     from core.factory.pointcloud import fuse_views, write_ply
     from core.factory.views import expand_identity, render_identity_views

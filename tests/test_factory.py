@@ -256,7 +256,7 @@ def test_culled_renders_match_the_backbone_renderer():
     """On the shipped backbone (real empty space around a head) the culled render decodes a fraction
     of the samples and gives the same image, opacity, depth and samples as generator.render."""
     from core.backbone import load_backbone
-    from core.factory.culling import occupancy_grid, render_culled
+    from core.generator.culling import occupancy_grid, render_culled
     from core.factory.views import expand_identity
 
     backbone = load_backbone("default")
@@ -279,7 +279,7 @@ def test_culled_renders_match_the_backbone_renderer():
 
 
 def test_culled_renders_on_a_generator_with_super_resolution():
-    from core.factory.culling import occupancy_grid, render_culled
+    from core.generator.culling import occupancy_grid, render_culled
     from core.factory.views import expand_identity
     from core.backbone import Backbone
 

@@ -5,7 +5,7 @@ semantic tri-plane run once per identity; the views are rendered together, batch
 cached planes, and the semantic branch reuses each backbone render through its density-prior
 path (`labels_for_view(..., view=...)`): the branch only decodes a few points per visible ray and
 runs its super-resolution, it never renders a view of its own. With `skip_empty_space` (the
-default on a CPU) the backbone renders through `core.factory.culling`: the identity's density is measured
+default on a CPU) the backbone renders through `core.generator.culling`: the identity's density is measured
 once on a grid and the views decode only samples where there is density (the same renders to
 within 4e-4 in opacity; culling.py says how).
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.factory.culling import occupancy_grid, render_culled
+from core.generator.culling import occupancy_grid, render_culled
 from core.generator.triplane import Identity
 from core.semantic.branch import SemanticBranch, SemanticIdentity
 from core.semantic.rendering import labels_for_view, neural_resolution_for

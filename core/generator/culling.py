@@ -1,4 +1,4 @@
-"""Empty-space skipping for the factory's many views of one identity.
+"""Empty-space skipping for many views of one identity (the factory, the studio's full-sample frames).
 
 Rendering a 128² view decodes ~786k tri-plane samples (48 per ray for the default backbone), and on
 a CPU that is nearly all of a factory sample's cost. Most of those samples lie in empty space:
