@@ -16,7 +16,7 @@ from core.camera import DEFAULT_FOV_DEG, Camera
 from core.generator.culling import occupancy_grid, render_culled
 from core.factory.pointcloud import PointCloud, fuse_identity_views
 from core.factory.views import ALPHA_THRESHOLD
-from core.fitting.trainer import composite_on_grey
+from core.fitting.trainer import composite_on_grey, learnt_on_grey
 from core.imaging import depth_to_uint8, rgb_to_uint8
 from core.semantic import labels_for_view
 
@@ -84,14 +84,9 @@ class Frame:
 
 
 def shows_on_grey(backbone) -> bool:
-    """Whether frames are shown on mid grey instead of EG3D's black.
-
-    The studio's own fits (core.fitting: no super-resolution module) learnt the procedural
-    category, whose renders sit on mid grey; official EG3D pickles (always with super-resolution)
-    are shown exactly as EG3D composites them. This changes what is displayed, never what the
-    backbone returns.
-    """
-    return backbone.generator.superresolution is None
+    """Frames of the studio's own fits are shown on the category's mid grey, official EG3D
+    backbones as EG3D composites them (display only; core.fitting.trainer.learnt_on_grey)."""
+    return learnt_on_grey(backbone.generator)
 
 
 def render_frame(backbone, request: ViewRequest, request_id: int = 0, coarse: bool = False,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from core.camera import DEFAULT_FOV_DEG, fov_to_intrinsics
-from core.fitting.trainer import composite_on_grey
+from core.fitting.trainer import composite_on_grey, learnt_on_grey
 from core.semantic.rendering import (SAMPLES_PER_RAY, DenseSamples, ViewPrior, _rays, prior_samples,
                                      render_semantic)
 
@@ -78,7 +78,7 @@ def render(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: int, bra
     identity = G.synthesize(ws)
     neural = min(int(resolution), int(G.neural_rendering_resolution))
     camera_label = camera_label.to(ws.device)
-    grey = on_grey(G)
+    grey = learnt_on_grey(G)
     view = G.render(identity, camera_label, neural, deterministic=True, return_samples=branch is not None or grey)
     image = view.image
     if grey:
@@ -97,14 +97,6 @@ def render(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: int, bra
     prior = ViewPrior(samples, view.image, neural)
     logits = render_semantic(branch, semantic_planes, prior, resolution).logits
     return Render(image, logits)
-
-
-def on_grey(G) -> bool:
-    """The studio's own fits (no super-resolution) learnt the procedural category, whose renders sit
-    on mid grey: their images are composited on grey, as the Orbit and Annotate views show them
-    (app.rendering.shows_on_grey) and as `evaluate fit` compares them. Official EG3D backbones are
-    used exactly as EG3D composites them."""
-    return G.superresolution is None
 
 
 def _resized(image: torch.Tensor, resolution: int) -> torch.Tensor:

@@ -165,6 +165,14 @@ def composite_on_grey(image_minus1_1: torch.Tensor, alpha: torch.Tensor) -> torc
     return (image_minus1_1 + 1) / 2 + 0.5 * (1 - alpha)
 
 
+def learnt_on_grey(G) -> bool:
+    """Whether G is one of the studio's own fits (no super-resolution module), which learnt the
+    procedural category on its mid-grey background: its images are shown and compared composited
+    on grey.  Official EG3D backbones are used exactly as EG3D composites them.  (The factory
+    writes the backbone's own composite for every backbone.)"""
+    return G.superresolution is None
+
+
 def fit_losses(prediction: dict, batch: RayBatch, settings: FitSettings) -> dict:
     foreground = batch.alpha > 0.5
     rgb = torch.mean((prediction["rgb"] - batch.rgb) ** 2)
