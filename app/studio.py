@@ -1,10 +1,30 @@
 """`python main.py` with no arguments: start the studio window."""
 from __future__ import annotations
 
+import ctypes.util
+import os
 import sys
+
+# System libraries Qt's X11 (xcb) platform plugin loads that a fresh Debian/Ubuntu may lack; without
+# them Qt aborts with "no Qt platform plugin could be initialized" and no hint of what is missing.
+XCB_LIBRARIES = {"xcb-cursor": "libxcb-cursor0", "xcb-icccm": "libxcb-icccm4", "xcb-keysyms": "libxcb-keysyms1"}
+
+
+def missing_xcb_packages(environ=os.environ, find_library=ctypes.util.find_library) -> list[str]:
+    """Debian packages Qt's xcb plugin needs but this machine lacks ([] when Qt will not use xcb)."""
+    uses_xcb = environ.get("QT_QPA_PLATFORM", "xcb") == "xcb" and not environ.get("WAYLAND_DISPLAY")
+    if not sys.platform.startswith("linux") or not uses_xcb:
+        return []
+    return [package for library, package in XCB_LIBRARIES.items() if find_library(library) is None]
 
 
 def run(argv: list[str] | None = None) -> int:
+    missing = missing_xcb_packages()
+    if missing:
+        print("error: the studio window needs system libraries that Qt's X11 plugin loads: "
+              f"apt-get install -y {' '.join(missing)}  (the headless commands work without them: "
+              "python main.py --help)", file=sys.stderr)
+        return 2
     from PySide6.QtWidgets import QApplication
 
     from app.errors import install_excepthook

@@ -168,3 +168,16 @@ def test_shortcuts_are_listed_under_help(window, messages):
     window.show_shortcuts()
     title, text = messages[-1]
     assert title == "Keyboard shortcuts" and "Ctrl+Shift+Z" in text and "PageDown" in text
+
+
+def test_missing_xcb_libraries_are_named_before_qt_aborts():
+    from app.studio import XCB_LIBRARIES, missing_xcb_packages
+
+    none_found = lambda library: None  # noqa: E731
+    everything = lambda library: f"lib{library}.so"  # noqa: E731
+    if sys.platform.startswith("linux"):
+        assert missing_xcb_packages({}, none_found) == list(XCB_LIBRARIES.values())
+        assert missing_xcb_packages({"QT_QPA_PLATFORM": "xcb"}, none_found) == list(XCB_LIBRARIES.values())
+    assert missing_xcb_packages({}, everything) == []
+    assert missing_xcb_packages({"QT_QPA_PLATFORM": "offscreen"}, none_found) == []  # Qt will not load xcb
+    assert missing_xcb_packages({"WAYLAND_DISPLAY": "wayland-0"}, none_found) == []
