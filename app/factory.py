@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices
-from PySide6.QtWidgets import (QCheckBox, QDialog, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-                               QMessageBox, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
+                               QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from app.workers import StoppableJob
+from app.workers import JobDialog, StoppableJob
 from core.factory.generate import FactoryProgress, GenerateRequest, generate_dataset, read_manifest
 
 DATASETS_FOLDER = "datasets"
@@ -32,17 +32,15 @@ class FactoryJob(StoppableJob):
         return generate_dataset(self.request, progress=self.progressed.emit, should_stop=self.should_stop)
 
 
-class GenerateDialog(QDialog):
+class GenerateDialog(JobDialog):
     """The factory's request as a form; Start, Stop, progress and the result."""
 
-    busy_changed = Signal(bool)
+    failure_title = "Generation failed"
+    stopping_text = "Stopping after this identity; what is written stays (Resume finishes it)…"
 
     def __init__(self, project, device: str = "auto", parent: QWidget | None = None):
         super().__init__(parent)
         self.project, self.device = project, device
-        self.job: FactoryJob | None = None
-        self.result = None
-        self.error_text = ""
         self.setWindowTitle("Generate Dataset")
         self.resize(560, 520)
         self._build()
@@ -64,32 +62,8 @@ class GenerateDialog(QDialog):
     # ------------------------------------------------------------------ actions
     def start(self) -> None:
         request = self.request()
-        self.result, self.error_text = None, ""
-        self.job = FactoryJob(request, self)
-        self.job.progressed.connect(self._show_progress)
-        self.job.succeeded.connect(self._finished)
-        self.job.failed.connect(self._failed)
-        self.job.finished.connect(self._job_ended)
-        self._progress.setRange(0, request.identities * request.views)
-        self._progress.setValue(0)
-        self._set_running(True)
-        self._status.setText("Loading the project's backbone and semantic branch…")
-        self.job.start()
-
-    def stop(self) -> None:
-        if self.job is not None:
-            self.job.stop()
-            self._stop_button.setEnabled(False)
-            self._status.setText("Stopping after this identity; what is written stays (Resume finishes it)…")
-
-    def is_running(self) -> bool:
-        """True from Start until the end of the run has been handled on this thread."""
-        return self.job is not None
-
-    def stop_and_wait(self) -> None:
-        if self.job is not None:
-            self.job.stop()
-            self.job.wait()
+        self._launch(FactoryJob(request, self), request.identities * request.views,
+                     "Loading the project's backbone and semantic branch…")
 
     def open_folder(self) -> None:
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.output_folder())))
@@ -111,15 +85,7 @@ class GenerateDialog(QDialog):
                              f"({result.samples_written} images written in {result.elapsed_s:.0f} s) in {result.out}")
         self._open_button.setEnabled(True)
 
-    def _failed(self, message: str) -> None:
-        self.error_text = message
-        self._status.setText("Generation failed.")
-        QMessageBox.critical(self, "Generation failed", message)
-
-    def _job_ended(self) -> None:
-        self._set_running(False)
-        self.job.deleteLater()
-        self.job = None
+    def _after_job(self) -> None:
         self._update_resume()
 
     def _update_resume(self) -> None:
@@ -141,13 +107,6 @@ class GenerateDialog(QDialog):
         if running:
             self._resume.setEnabled(False)
         self.busy_changed.emit(running)
-
-    def closeEvent(self, event) -> None:
-        if self.is_running():  # the run keeps going; the dialog comes back from the Project menu
-            self.hide()
-            event.ignore()
-            return
-        super().closeEvent(event)
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:

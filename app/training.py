@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import pyqtgraph as pg
 from PySide6.QtCore import QTimer, Signal
-from PySide6.QtWidgets import (QCheckBox, QDialog, QFormLayout, QHBoxLayout, QLabel, QMessageBox,
+from PySide6.QtWidgets import (QCheckBox, QFormLayout, QHBoxLayout, QLabel, QMessageBox,
                                QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from app.semantic import semantic_folder
-from app.workers import StoppableJob
+from app.workers import JobDialog, StoppableJob
 from core.backbone import Backbone
 from core.semantic import SemanticBranch, TrainingProgress, TrainingSettings, train_semantic
 from core.semantic.annotations import annotated_views
@@ -91,19 +91,17 @@ class TrainingJob(StoppableJob):
             self.validated.emit(progress.step, metrics)
 
 
-class TrainDialog(QDialog):
+class TrainDialog(JobDialog):
     """Settings, Start/Stop, a progress bar and live plots; `trained` fires when a run ends."""
 
     trained = Signal()  # the run ended (finished or stopped) with its branch on disk
     checkpoint_written = Signal()  # a checkpoint mid-run: the workspaces can show it already
-    busy_changed = Signal(bool)
+    failure_title = "Training failed"
+    stopping_text = "Stopping after this step; the branch is saved as it is…"
 
     def __init__(self, project, backbone, parent: QWidget | None = None):
         super().__init__(parent)
         self.project, self.backbone = project, backbone
-        self.job: TrainingJob | None = None
-        self.result = None
-        self.error_text = ""
         self.setWindowTitle("Train Semantic Branch")
         self.resize(720, 560)
         self._losses: list[tuple[int, float]] = []
@@ -125,34 +123,9 @@ class TrainDialog(QDialog):
                                   self._checkpoint_every.value())
         for series in (self._losses, self._accuracies, self._validation):
             series.clear()
-        self.result, self.error_text = None, ""
-        self.job = TrainingJob(self.project, self.backbone, request, self)
-        self.job.progressed.connect(self._show_progress)
-        self.job.validated.connect(self._show_validation)
-        self.job.succeeded.connect(self._finished)
-        self.job.failed.connect(self._failed)
-        self.job.finished.connect(self._job_ended)
-        self._progress.setRange(0, request.steps)
-        self._progress.setValue(0)
-        self._set_running(True)
-        self._status.setText("Preparing the annotations (the backbone renders each view once)…")
-        self.job.start()
-
-    def stop(self) -> None:
-        if self.job is not None:
-            self.job.stop()
-            self._stop_button.setEnabled(False)
-            self._status.setText("Stopping after this step; the branch is saved as it is…")
-
-    def is_running(self) -> bool:
-        """True from Start until the end of the run has been handled on this thread."""
-        return self.job is not None
-
-    def stop_and_wait(self) -> None:
-        """Stop a running job and block until it has saved and ended (the project closing)."""
-        if self.job is not None:
-            self.job.stop()
-            self.job.wait()
+        job = TrainingJob(self.project, self.backbone, request, self)
+        job.validated.connect(self._show_validation)
+        self._launch(job, request.steps, "Preparing the annotations (the backbone renders each view once)…")
 
     def _confirm_fresh_start(self, count: int) -> bool:
         answer = QMessageBox.question(
@@ -200,16 +173,8 @@ class TrainDialog(QDialog):
         self._status.setText(f"{how} at step {result.step}{saved}{skipped}")
         self.trained.emit()
 
-    def _failed(self, message: str) -> None:
-        self.error_text = message
-        self._status.setText("Training failed.")
-        QMessageBox.critical(self, "Training failed", message)
-
-    def _job_ended(self) -> None:
+    def _after_job(self) -> None:
         self._refresh_plot()
-        self._set_running(False)
-        self.job.deleteLater()
-        self.job = None
 
     def _set_running(self, running: bool) -> None:
         self._start_button.setEnabled(not running)
@@ -220,13 +185,6 @@ class TrainDialog(QDialog):
         if not running:
             self._validate.setEnabled(procedural_validation_available(self.project))
         self.busy_changed.emit(running)
-
-    def closeEvent(self, event) -> None:
-        if self.is_running():  # closing the dialog does not kill the run; it keeps going
-            self.hide()
-            event.ignore()
-            return
-        super().closeEvent(event)
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:

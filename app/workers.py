@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
+from PySide6.QtWidgets import QDialog, QMessageBox, QWidget
 
 from app.errors import describe
 from app.rendering import COARSE_SAMPLES_PER_RAY, Frame, ViewRequest, render_frame
@@ -245,6 +246,74 @@ class StoppableJob(QThread):
             self.failed.emit(describe(error))
             return
         self.succeeded.emit(result)
+
+
+class JobDialog(QDialog):
+    """A dialog that runs one StoppableJob at a time (training, the factory): Start launches it,
+    Stop asks it to stop, closing hides the dialog while it runs, a failure shows a message.
+
+    Subclasses build `_progress`, `_status` and `_stop_button`, and give `_show_progress`,
+    `_finished`, `_set_running` (which emits busy_changed) and optionally `_after_job`."""
+
+    busy_changed = Signal(bool)
+    failure_title = "The job failed"
+    stopping_text = "Stopping…"
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.job: StoppableJob | None = None
+        self.result = None
+        self.error_text = ""
+
+    def _launch(self, job: StoppableJob, total: int, status: str) -> None:
+        self.result, self.error_text = None, ""
+        self.job = job
+        job.progressed.connect(self._show_progress)
+        job.succeeded.connect(self._finished)
+        job.failed.connect(self._failed)
+        job.finished.connect(self._job_ended)
+        self._progress.setRange(0, total)
+        self._progress.setValue(0)
+        self._set_running(True)
+        self._status.setText(status)
+        job.start()
+
+    def stop(self) -> None:
+        if self.job is not None:
+            self.job.stop()
+            self._stop_button.setEnabled(False)
+            self._status.setText(self.stopping_text)
+
+    def is_running(self) -> bool:
+        """True from Start until the end of the run has been handled on this thread."""
+        return self.job is not None
+
+    def stop_and_wait(self) -> None:
+        """Stop a running job and block until it has saved and ended (the project closing)."""
+        if self.job is not None:
+            self.job.stop()
+            self.job.wait()
+
+    def _failed(self, message: str) -> None:
+        self.error_text = message
+        self._status.setText(f"{self.failure_title}.")
+        QMessageBox.critical(self, self.failure_title, message)
+
+    def _job_ended(self) -> None:
+        self._set_running(False)
+        self.job.deleteLater()
+        self.job = None
+        self._after_job()
+
+    def _after_job(self) -> None:
+        """What a dialog refreshes once its job has ended (nothing by default)."""
+
+    def closeEvent(self, event) -> None:
+        if self.is_running():  # the run keeps going; the dialog comes back from the Project menu
+            self.hide()
+            event.ignore()
+            return
+        super().closeEvent(event)
 
 
 class _TaskThread(QThread):
