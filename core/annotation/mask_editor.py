@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from core.project.records import pixel_counts
+
 DEFAULT_HISTORY_LIMIT = 256  # issue 6 asks for at least 100 steps
 BACKGROUND = 0
 
@@ -86,8 +88,7 @@ class MaskEditor:
         return len(self._undo)
 
     def pixel_counts(self) -> dict[int, int]:
-        counts = np.bincount(self._mask.reshape(-1), minlength=1)
-        return {int(i): int(c) for i, c in enumerate(counts) if c}
+        return pixel_counts(self._mask)
 
     # ------------------------------------------------------------------ strokes
     def begin_stroke(self, label: int, radius: float) -> None:
