@@ -256,7 +256,7 @@ def test_culled_renders_match_the_backbone_renderer():
     """On the shipped backbone (real empty space around a head) the culled render decodes a fraction
     of the samples and gives the same image, opacity, depth and samples as generator.render."""
     from core.backbone import load_backbone
-    from core.generator.culling import occupancy_grid, render_culled
+    from core.generator.culling import RAY_OPACITY_TOLERANCE, occupancy_grid, render_culled
     from core.factory.views import expand_identity
 
     backbone = load_backbone("default")
@@ -273,7 +273,8 @@ def test_culled_renders_match_the_backbone_renderer():
     assert (exact.image - fast.image).abs().max() < 1e-2
     foreground = (alpha_exact > 0.5).reshape(exact.depth.shape)
     assert foreground.any() and (exact.depth - fast.depth)[foreground].abs().max() < 1e-3
-    visible = alpha_exact[..., 0] > 1e-4  # the rays the semantic branch reads
+    # Rays more opaque than the tolerance are rendered exactly; fainter ones may come back empty.
+    visible = alpha_exact[..., 0] > RAY_OPACITY_TOLERANCE
     assert (exact.samples["weights"] - fast.samples["weights"])[visible].abs().max() < 1e-3
     assert (exact.samples["depths"] - fast.samples["depths"])[visible].abs().max() < 1e-3
 

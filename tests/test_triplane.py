@@ -124,3 +124,16 @@ def test_unknown_superresolution_module_is_refused():
     init_kwargs["rendering_kwargs"]["superresolution_module"] = "training.superresolution.Nope"
     with pytest.raises(ValueError, match="Nope"):
         TriPlaneGenerator(**init_kwargs)
+
+
+def test_decoder_can_compute_only_the_leading_colour_channels(tiny):
+    """The factory's fast path decodes σ and RGB only: the same values as the full decoder's."""
+    torch.manual_seed(0)
+    features, directions = torch.randn(2, 3, 50, 32), torch.zeros(2, 50, 3)
+    full = tiny.decoder(features, directions)
+    for channels in (0, 3):
+        part = tiny.decoder(features, directions, colour_channels=channels)
+        assert part["rgb"].shape == (2, 50, channels)
+        assert torch.allclose(part["sigma"], full["sigma"], atol=1e-6)
+        assert torch.allclose(part["rgb"], full["rgb"][..., :channels], atol=1e-6)
+    assert torch.equal(full["sigma"], tiny.decoder.net(features.mean(1).reshape(100, 32)).view(2, 50, -1)[..., :1])

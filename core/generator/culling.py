@@ -20,6 +20,7 @@ within 0.1/255, depth within 1e-4.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +37,14 @@ DENSITY_THRESHOLD = 1e-3
 # Cells around an occupied one that count as occupied too: the grid only sees the density at
 # cell centres, and a surface's density rises over about a cell.
 DILATION = 2
+# A ray that meets no occupied cell is not rendered unless the decoder's constant density outside
+# the box could make it this opaque (the default's outside density, ~0.002 per world unit, makes a
+# ray at most 0.2 % opaque, less than one grey level of colour).
+RAY_OPACITY_TOLERANCE = 5e-3
 # Raw density given to skipped samples: softplus(EMPTY_SIGMA - 1) is exactly 0 in float32.
 EMPTY_SIGMA = -1e4
 _GRID_CHUNK = 65536
+SKIP, DECODE, CONSTANT = 0, 1, 2  # what a sample point gets: zero density, the decoder, the decoder's outside constant
 
 
 @dataclass
@@ -57,51 +63,72 @@ class Occupancy:
     margin: float  # world units beyond the box that still read plane features
     outside_rgb: torch.Tensor  # (C,)
     outside_sigma: torch.Tensor  # (1,)
-    outside_dense: bool  # whether that constant density is above the threshold
+    outside_density: float  # that constant σ after EG3D's softplus(σ - 1): density per world unit
+
+    def __post_init__(self):
+        self.codes = self._codes(self.cells, self.beyond_z, self.beyond_y)
+        # ray_is_live tests points two cells apart against cells grown by one more cell: a ray
+        # that crosses an occupied cell then runs at least two cells inside the grown region.
+        grow = 1
+        self.live_codes = self._codes(_dilate(self.cells, grow), _dilate(self.beyond_z, grow), _dilate(self.beyond_y, grow))
 
     @property
     def fraction(self) -> float:
         return float(self.cells.float().mean())
 
-    def classify(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(decode, constant): bool (...,) each, for points (..., 3).
+    @staticmethod
+    def _codes(cells, beyond_z, beyond_y) -> torch.Tensor:
+        """A (G+2)³ table of SKIP / DECODE / CONSTANT over the cells plus one layer standing for
+        'beyond the box' on each side of every axis (see `classify`), flattened for `take`.
 
         The planes are read one by one: the xy plane at (x, y), xz at (x, z), zx at (z, x), each
-        reading zeros beyond the box. So a point reads zeros from all three when x is beyond the
-        box, or both y and z are: such points get the constant. A point beyond the box only in z
-        reads the xy plane alone, and only in y the xz and zx planes: for those, 2D maps say
-        whether there is density. Inside the box the 3D cells do.
+        reading zeros beyond the box. So a point reads zeros from all three when x is beyond it,
+        or both y and z are: such points get the decoder's constant. A point beyond it only in z
+        reads the xy plane alone, and only in y the xz and zx planes: for those the 2D maps say
+        whether there is density; inside the box the 3D cells do.
         """
+        codes = torch.full([s + 2 for s in cells.shape], SKIP, dtype=torch.uint8, device=cells.device)
+        inner = slice(1, -1)
+        codes[inner, inner, inner] = cells.to(torch.uint8) * DECODE
+        for side in (0, -1):
+            codes[inner, inner, side] = beyond_z.to(torch.uint8) * DECODE
+            codes[inner, side, inner] = beyond_y.to(torch.uint8) * DECODE
+            codes[side] = CONSTANT
+            for other in (0, -1):
+                codes[:, side, other] = CONSTANT
+        return codes.reshape(-1)
+
+    def _lookup(self, codes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """The code of each point (..., 3). A point in the margin band just outside a face (up
+        to one texel, which bilinear sampling still reads) counts as its border cell."""
         size = self.cells.shape[0]
-        half = self.box / 2
-        beyond = points.abs() > half
-        far = points.abs() > half + self.margin  # not even bilinear sampling reaches the planes
-        bx, by, bz = beyond.unbind(-1)
-        fx, fy, fz = far.unbind(-1)
-        constant = fx | (fy & fz)
-        only_z = fz & ~bx & ~by
-        only_y = fy & ~bx & ~bz
-        in_box = ~(bx | by | bz)
-        index = torch.floor((points / self.box + 0.5) * size).long().clamp(0, size - 1)
+        cell = points * (size / self.box) + size / 2  # cell coordinates: [0, G) inside the box
+        reach = size * self.margin / self.box
+        index = cell.floor().clamp_(0, size - 1) + 1
+        index = torch.where(cell < -reach, 0.0, torch.where(cell >= size + reach, float(size + 1), index)).long()
         ix, iy, iz = index.unbind(-1)
-        decode = torch.where(in_box, self.cells[ix, iy, iz], ~constant)  # near the box's faces: decode
-        decode = torch.where(only_z, self.beyond_z[ix, iy], decode)
-        decode = torch.where(only_y, self.beyond_y[ix, iz], decode)
-        return decode, constant
+        return codes.take((ix * (size + 2) + iy) * (size + 2) + iz)
+
+    def classify(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(decode, constant): bool (...,) each, for points (..., 3); see `_codes`."""
+        codes = self._lookup(self.codes, points)
+        return codes == DECODE, codes == CONSTANT
 
     def ray_is_live(self, origins: torch.Tensor, directions: torch.Tensor, start: float, end: float) -> torch.Tensor:
-        """(N, M) bool: whether a ray meets any cell with density (or the dense outside).
+        """(N, M) bool: whether a ray meets any cell with density (or an outside dense enough).
 
-        Tested at points one cell apart along [start, end]; the dilation of the cells keeps a
-        ray from slipping past real density between two test points.
+        Tested at points two cells apart along [start, end] against `live_codes`. The constant
+        outside counts only when it could make a ray at least RAY_OPACITY_TOLERANCE opaque over
+        [start, end].
         """
-        step = self.box / self.cells.shape[0]
+        outside_matters = self.outside_density * (end - start) > RAY_OPACITY_TOLERANCE
+        live_codes = (self.live_codes == DECODE) | ((self.live_codes == CONSTANT) & outside_matters)
+        step = 2 * self.box / self.cells.shape[0]
         depths = torch.arange(start, end + step, step, device=origins.device, dtype=origins.dtype)
         live = []
         for o, d in zip(origins, directions):  # one view at a time bounds the memory
             points = o[:, None] + depths[None, :, None] * d[:, None]
-            decode, constant = self.classify(points)
-            live.append((decode | (constant & self.outside_dense)).any(1))
+            live.append(self._lookup(live_codes, points).any(1))
         return torch.stack(live)
 
 
@@ -118,23 +145,24 @@ def occupancy_grid(generator, identity: Identity, resolution: int | None = None,
     a, b = (m.reshape(-1) for m in torch.meshgrid(centres, centres, indexing="ij"))
     far = torch.full_like(a, 2.0 * box)  # reads zeros from the planes that involve this axis
     beyond_z, beyond_y = torch.stack([a, b, far], 1), torch.stack([a, far, b], 1)
-    outside_point = torch.full((1, 3), 2.0 * box, device=device)
-    points = torch.cat([grid, beyond_z, beyond_y, outside_point])[None]
-    single = Identity(identity.ws[:1], identity.planes[:1], {})
-    sigma, rgb = [], None
+    outside_point = torch.full((1, 1, 3), 2.0 * box, device=device)
+    points = torch.cat([grid, beyond_z, beyond_y, outside_point[0]])[None]
+    planes, renderer, options = identity.planes[:1], generator.renderer, generator.rendering_kwargs
+    density_only = partial(generator.decoder, colour_channels=0)  # the grid needs no colour
+    sigma = []
     for first in range(0, points.shape[1], _GRID_CHUNK):
         chunk = points[:, first:first + _GRID_CHUNK]
-        out = generator.sample_points(single, chunk, torch.zeros_like(chunk))
-        sigma.append(out["sigma"].reshape(-1))
-        rgb = out["rgb"][0, -1]
+        sigma.append(renderer.run_model(planes, density_only, chunk, torch.zeros_like(chunk), options)["sigma"].reshape(-1))
     sigma = torch.cat(sigma)
+    rgb = renderer.run_model(planes, generator.decoder, outside_point, torch.zeros_like(outside_point), options)["rgb"][0, 0]
     dense = F.softplus(sigma - 1) > threshold
     volume, plane = resolution ** 3, resolution ** 2
     cells = _dilate(dense[:volume].reshape(resolution, resolution, resolution), dilation)
     map_z = _dilate(dense[volume:volume + plane].reshape(resolution, resolution), dilation)
     map_y = _dilate(dense[volume + plane:volume + 2 * plane].reshape(resolution, resolution), dilation)
     margin = box / identity.planes.shape[-1]  # one texel
-    return Occupancy(cells, map_z, map_y, box, margin, rgb.clone(), sigma[-1:].clone(), bool(dense[-1]))
+    outside_density = float(F.softplus(sigma[-1] - 1))
+    return Occupancy(cells, map_z, map_y, box, margin, rgb.clone(), sigma[-1:].clone(), outside_density)
 
 
 def _dilate(occupied: torch.Tensor, cells: int) -> torch.Tensor:
@@ -152,18 +180,19 @@ class CulledRenderer(ImportanceRenderer):
     case): the live samples of every view are decoded together, from the first item's planes.
     """
 
-    def __init__(self, occupancy: Occupancy):
+    def __init__(self, occupancy: Occupancy, colour_channels: int | None = None):
         super().__init__()
         self.occupancy = occupancy
+        self.outside_rgb = occupancy.outside_rgb[:colour_channels]
         self.decoded = self.total = 0  # samples decoded / asked for, for the benchmark
 
     def run_model(self, planes, decoder, sample_coordinates, sample_directions, options, deterministic=False):
         n, p, _ = sample_coordinates.shape
         occupancy = self.occupancy
         live, outside = occupancy.classify(sample_coordinates)
-        rgb = sample_coordinates.new_zeros(n, p, occupancy.outside_rgb.shape[0])
+        rgb = sample_coordinates.new_zeros(n, p, self.outside_rgb.shape[0])
         sigma = sample_coordinates.new_full((n, p, 1), EMPTY_SIGMA)
-        rgb[outside] = occupancy.outside_rgb
+        rgb[outside] = self.outside_rgb
         sigma[outside] = occupancy.outside_sigma
         where = live.nonzero(as_tuple=True)
         self.decoded += len(where[0])
@@ -178,7 +207,8 @@ class CulledRenderer(ImportanceRenderer):
 
 @torch.no_grad()
 def render_culled(generator, identity: Identity, camera_labels: torch.Tensor, resolution: int,
-                  occupancy: Occupancy, max_rays_per_chunk: int | None = None) -> tuple[View, CulledRenderer]:
+                  occupancy: Occupancy, max_rays_per_chunk: int | None = None,
+                  colour_channels: int | None = None) -> tuple[View, CulledRenderer]:
     """`generator.render(identity, cameras, resolution, deterministic=True, return_samples=True)`
     with empty space skipped; `identity` is one identity repeated over the batch of cameras.
 
@@ -186,11 +216,18 @@ def render_culled(generator, identity: Identity, camera_labels: torch.Tensor, re
     the background feature value, depth at the far end) as the backbone renders them to within
     the density threshold. The other rays of all views are rendered together by the culled
     renderer, and the view is assembled as TriPlaneGenerator._render does.
+
+    Without a super-resolution module only RGB is used downstream, so by default only the first
+    `colour_channels` = 3 colour features are decoded and composited: the view's `feature_image`
+    then has 3 channels (the same values as the first 3 of the full render's).
     """
     if not _same_identity_over_batch(identity):
         raise ValueError("render_culled renders views of one identity: expand a single identity over the cameras")
     options = generator.rendering_kwargs
-    renderer = CulledRenderer(occupancy)
+    if colour_channels is None and generator.superresolution is None:
+        colour_channels = 3  # nothing reads more than RGB: decode, sort and composite 3 channels, not 32
+    renderer = CulledRenderer(occupancy, colour_channels)
+    decoder = generator.decoder if colour_channels is None else partial(generator.decoder, colour_channels=colour_channels)
     cam2world = camera_labels[:, :16].view(-1, 4, 4)
     intrinsics = camera_labels[:, 16:25].view(-1, 3, 3)
     origins, directions = generator.ray_sampler(cam2world, intrinsics, resolution)
@@ -205,10 +242,10 @@ def render_culled(generator, identity: Identity, camera_labels: torch.Tensor, re
     else:  # per-ray limits depend on the batch's rays ('auto'): render every ray
         live = torch.ones(n, m, dtype=torch.bool, device=origins.device)
     renderer.live_rays, renderer.rays = int(live.sum()), n * m
-    rendered = _empty_rays(n, m, options, identity.planes.device, generator.decoder)
+    rendered = _empty_rays(n, m, options, identity.planes.device, renderer.outside_rgb.shape[0])
     if renderer.live_rays:
         where = live.nonzero(as_tuple=True)
-        part = renderer(identity.planes[:1], generator.decoder, origins[where][None], directions[where][None], options,
+        part = renderer(identity.planes[:1], decoder, origins[where][None], directions[where][None], options,
                         deterministic=True, return_samples=True, max_rays_per_chunk=max_rays_per_chunk)
         for key, values in rendered.items():
             values[where] = part[key][0].to(values.dtype)
@@ -223,7 +260,7 @@ def render_culled(generator, identity: Identity, camera_labels: torch.Tensor, re
     return View(image, image_raw, feature_image, depth_image, samples), renderer
 
 
-def _empty_rays(n: int, m: int, options: dict, device, decoder) -> dict:
+def _empty_rays(n: int, m: int, options: dict, device, channels: int) -> dict:
     """What the renderer returns for rays through empty space: no weight anywhere.
 
     Features composite to 0 (mapped to -1 like every composite; white_back adds the missing
@@ -232,7 +269,6 @@ def _empty_rays(n: int, m: int, options: dict, device, decoder) -> dict:
     """
     samples = options["depth_resolution"] + options["depth_resolution_importance"]
     start, end = float(options["ray_start"]), float(options["ray_end"])
-    channels = decoder.net[-1].weight.shape[0] - 1
     depths = torch.linspace(start, end, samples, device=device).reshape(1, 1, samples, 1).repeat(n, m, 1, 1)
     return {
         "features": torch.full((n, m, channels), 1.0 if options.get("white_back", False) else -1.0, device=device),
