@@ -115,6 +115,27 @@ def test_same_request_gives_the_same_files(project, reference, tmp_path):
     assert files_of(tmp_path / "again") == files_of(reference)
 
 
+def test_worker_processes_write_the_same_files(project, reference, tmp_path):
+    result = generate_dataset(request_for(project, tmp_path / "workers", identities=3, workers=2))
+    assert result.identities_done == 3 and result.manifest["complete"]
+    written = files_of(tmp_path / "workers")
+    for name, data in files_of(reference).items():
+        if name.startswith(("images", "labels", "depth", "pointclouds")):
+            assert written[name] == data, name
+    assert sorted(name for name in written if name.startswith("images")) == [
+        f"images/{index:06d}_{view:02d}.png" for index in range(3) for view in range(2)]
+
+    # Stopped after the first identity is written, no more are started (at most 2 x workers are).
+    out, calls = tmp_path / "workers-stopped", []
+    stopped = generate_dataset(request_for(project, out, identities=6, workers=2),
+                               should_stop=lambda: len(calls.append(1) or calls) > 1)
+    assert stopped.stopped and 1 <= stopped.identities_done <= 4
+    generate_dataset(request_for(project, out, identities=6, workers=2, resume=True))
+    resumed = files_of(out)
+    assert all(resumed[name] == data for name, data in written.items() if name.startswith(("images", "pointclouds")))
+    assert len([name for name in resumed if name.startswith("labels/")]) == 12
+
+
 def test_stop_and_resume_give_the_same_files(project, reference, tmp_path):
     out = tmp_path / "stopped"
     calls = []

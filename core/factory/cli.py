@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -44,7 +45,9 @@ def generate_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the dataset in --out (only the factory's files)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (auto: CUDA when present)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch with --workers 1 (default: torch's choice)")
+    p.add_argument("--workers", type=int, help="CPU processes writing identities side by side, one torch thread each "
+                   "(default: one per core on a CPU run, 1 on a GPU); the files do not depend on it")
     p.set_defaults(run=_generate)
 
 
@@ -61,6 +64,7 @@ def _generate(args) -> None:
 
         torch.set_num_threads(args.threads)
     request = GenerateRequest(
+        workers=args.workers or _default_workers(args.device, args.n),
         project=args.project, out=args.out, identities=args.n, views=args.views, size=args.size,
         yaw_range=args.yaw_range, pitch_range=args.pitch_range, truncation=args.truncation, seed=args.seed,
         pointclouds=args.pointclouds, voxel_size=args.voxel_size, resume=args.resume, overwrite=args.overwrite,
@@ -92,6 +96,16 @@ def _generate(args) -> None:
     print(f"{result.out}: {result.identities_done}/{result.identities_total} identities "
           f"({result.identities_done * args.views} samples) done; {result.samples_written} written now in "
           f"{result.elapsed_s:.1f} s ({rate:.2f} samples/s)")
+
+
+def _default_workers(device: str, identities: int) -> int:
+    from core.backbone import BackboneError, pick_device
+
+    try:
+        on_cpu = pick_device(device).type == "cpu"
+    except BackboneError:
+        return 1  # generate_dataset reports the missing device
+    return max(1, min(os.cpu_count() or 1, identities)) if on_cpu else 1
 
 
 def add_factory_evaluation(what) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -78,6 +78,7 @@ class GenerateRequest:
     device: str = "auto"
     branch: Path | None = None  # a semantic-branch checkpoint; default: the project's newest
     view_batch: int = DEFAULT_VIEW_BATCH
+    workers: int = 1  # CPU processes writing identities side by side (same files as one process)
 
     def asked(self) -> dict:
         """The part of the request that determines the files (stored in the manifest)."""
@@ -153,7 +154,8 @@ def generate_dataset(
     manifest = _new_manifest(request, backbone, branch_file, label_set)
     done = _prepare_folder(out, request, manifest)
     manifest["identities_done"] = done
-    generator = backbone.generator
+    if request.workers > 1 and backbone.device.type != "cpu":
+        raise FactoryError("--workers is for CPU runs; on a GPU one process renders the views in batches")
     report = progress or (lambda _: None)
     samples_this_run = 0
 
@@ -162,22 +164,87 @@ def generate_dataset(
                                time.monotonic() - started, samples_this_run))
 
     tell()
-    stopped = False
     with _naming_failed_writes(out, lambda: f"{done} of {request.identities}"):
         if done == 0:
             _write_static_files(out, request, backbone, label_set, manifest)
-        for index in range(done, request.identities):
-            if should_stop is not None and should_stop():
-                stopped = True
-                break
-            _write_identity(out, request, backbone, generator, branch, label_set, index, manifest["depth_scale"])
+        if request.workers > 1:
+            # the workers open the branch this process chose, even if a newer one appears meanwhile
+            written = _write_in_workers(replace(request, branch=branch_file), done, manifest["depth_scale"], should_stop)
+        else:
+            written = _write_in_turn(request, (backbone, branch, label_set), done, manifest["depth_scale"], should_stop)
+        for index in written:
             done = index + 1
             manifest["identities_done"] = done
             manifest["complete"] = done == request.identities
             atomic_write_json(out / "manifest.json", manifest)
             samples_this_run += request.views
             tell()
+    stopped = done < request.identities
     return FactoryResult(out, done, request.identities, samples_this_run, time.monotonic() - started, stopped, manifest)
+
+
+def _write_in_turn(request, models, first: int, depth_scale: float, should_stop):
+    """Write identities first, first + 1, ... in this process; yield each index once it is written."""
+    backbone, branch, label_set = models
+    for index in range(first, request.identities):
+        if should_stop is not None and should_stop():
+            return
+        _write_identity(Path(request.out), request, backbone, backbone.generator, branch, label_set, index, depth_scale)
+        yield index
+
+
+def _write_in_workers(request, first: int, depth_scale: float, should_stop):
+    """Write identities in `request.workers` processes (one torch thread each); yield indices in
+    order, each once it and every identity before it are written, so that the manifest only ever
+    counts a complete prefix. A few identities past the prefix may be written when the run stops:
+    a resumed run writes them again, with the same bytes."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # a forked torch can hang in its thread pool
+    pool = ProcessPoolExecutor(request.workers, context, initializer=_start_worker, initargs=(request, depth_scale))
+    upcoming, running, finished, next_done = iter(range(first, request.identities)), {}, set(), first
+    try:
+        while True:
+            if should_stop is not None and should_stop():
+                upcoming = iter(())  # submit nothing more, drop what has not started, finish the rest
+                running = {future: index for future, index in running.items() if not future.cancel()}
+            while len(running) < 2 * request.workers:
+                index = next(upcoming, None)
+                if index is None:
+                    break
+                running[pool.submit(_worker_write, index)] = index
+            if not running:
+                return
+            completed, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in completed:
+                future.result()  # a worker's error (a full disk, ...) stops the run here
+                finished.add(running.pop(future))
+            while next_done in finished:
+                finished.discard(next_done)
+                yield next_done
+                next_done += 1
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_worker_state: dict = {}
+
+
+def _start_worker(request: GenerateRequest, depth_scale: float) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+    torch.set_num_threads(1)
+    backbone, branch, _, label_set = _open_models(request)
+    _worker_state.update(request=request, depth_scale=depth_scale, models=(backbone, branch, label_set))
+
+
+def _worker_write(index: int) -> int:
+    request, (backbone, branch, label_set) = _worker_state["request"], _worker_state["models"]
+    _write_identity(Path(request.out), request, backbone, backbone.generator, branch, label_set, index,
+                    _worker_state["depth_scale"])
+    return index
 
 
 def _write_identity(out: Path, request, backbone, generator, branch, label_set, index: int, depth_scale: float):
@@ -283,6 +350,8 @@ def _check_request(request: GenerateRequest) -> None:
         problems.append(f"--voxel-size must be positive, got {request.voxel_size}")
     if request.seed < 0:
         problems.append("--seed cannot be negative")
+    if request.workers < 1:
+        problems.append("--workers must be at least 1")
     if request.seed_range not in SEED_RANGES:
         problems.append(f"unknown seed range {request.seed_range!r}; known: {', '.join(SEED_RANGES)}")
     if problems:
