@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from core.backbone import EG3D_DEFAULT_TRUNCATION_CUTOFF
 from core.checkpoint.errors import CorruptCheckpointError
+from core.generator.culling import occupancy_grid, render_culled
 from core.semantic.branch import SemanticBranch
 from core.semantic.checkpoint import (
     checkpoint_name,
@@ -305,6 +306,9 @@ def prepare_views(branch, backbone, samples, settings: TrainingSettings, report=
         # One identity at a time: only its block features outlive this loop.
         identity = _identity(backbone, annotated[indices[0]])
         identity_features[key] = {res: x.float() for res, x in identity.block_features.items()}
+        # On a CPU the identity's views render with empty space skipped (2-3x less work, the same
+        # samples within culling.py's tolerances), as the factory and the studio render them.
+        occupancy = occupancy_grid(backbone.generator, identity) if identity.planes.device.type == "cpu" else None
         for index in indices:
             item, mask = annotated[index], masks[index]
             if not bool((mask != IGNORE_LABEL).any()):
@@ -312,8 +316,12 @@ def prepare_views(branch, backbone, samples, settings: TrainingSettings, report=
                                         message=f"skipped {_name(item, index)}: nothing painted"))
                 continue
             neural_resolution = neural_resolution_for(backbone.generator, mask.shape[-1])
-            prior, _ = view_prior(backbone.generator, identity, _camera(item), neural_resolution,
-                                  branch.density_prior, settings.min_sample_weight,
+            camera = _camera(item).to(backbone.device)[None]
+            view = None
+            if occupancy is not None:
+                view, _ = render_culled(backbone.generator, identity, camera, neural_resolution, occupancy)
+            prior, _ = view_prior(backbone.generator, identity, camera, neural_resolution,
+                                  branch.density_prior, settings.min_sample_weight, view=view,
                                   samples_per_ray=settings.samples_per_ray)
             views.append(_PreparedView(key, prior, mask.to(backbone.device), item.source))
             report(TrainingProgress("preparing", 0, total_steps,
