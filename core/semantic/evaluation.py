@@ -83,6 +83,7 @@ class BranchLabeller:
         self.resolution = int(resolution or backbone.generator.img_resolution)
         self.neural_resolution = neural_resolution_for(backbone.generator, self.resolution)
         self.memo = memo or RenderMemo()
+        self.occupancy = RenderMemo()  # of the identity being evaluated (its views come one after another)
 
     def render(self, seed: int, camera: Camera):
         """The backbone's view with samples (what the labels reuse) and its LabelledDepth depth."""
@@ -91,9 +92,16 @@ class BranchLabeller:
 
     @torch.no_grad()
     def _render(self, seed: int, camera: Camera):
+        from core.generator.culling import occupancy_grid, render_culled
+
+        generator = self.backbone.generator
         identity = self.backbone.identity_from_seed(seed)  # truncation 1, as annotate-sim stores
-        view = self.backbone.generator.render(identity, camera.label()[None].to(self.backbone.device),
-                                              self.neural_resolution, deterministic=True, return_samples=True)
+        cameras = camera.label()[None].to(self.backbone.device)
+        if identity.planes.device.type == "cpu":  # empty space skipped, as the factory and the studio render
+            occupancy = self.occupancy.get(seed, lambda: occupancy_grid(generator, identity))
+            view, _ = render_culled(generator, identity, cameras, self.neural_resolution, occupancy)
+        else:
+            view = generator.render(identity, cameras, self.neural_resolution, deterministic=True, return_samples=True)
         return identity, view, surface_depth(view, self.resolution)
 
     @torch.no_grad()
