@@ -10,9 +10,9 @@ from core.editing.inputs import EditingInputError, check_label_map, prepare_imag
 from core.editing.inversion import InversionSettings, invert_image, invert_labels
 from core.editing.perceptual import (VGG16_CHANNELS, VGG16_CONV_INDICES, PerceptualWeightsError, StructuralLoss,
                                      VGGPerceptualLoss, perceptual_loss)
-from core.editing.rendering import CameraRig, render, to_uint8
-from core.editing.semantic_edit import (EditSettings, NoOpEditError, edit_identity, edited_label_ids,
-                                        region_of_interest, render_view)
+from core.editing.rendering import SEMANTIC_BORDER, CameraRig, Crop, render, render_part, to_uint8
+from core.editing.semantic_edit import (EditSettings, NoOpEditError, _EditObjective, edit_identity,
+                                        edited_label_ids, optimisation_samples, region_of_interest, render_view)
 from core.editing.store import edit_figures, read_latent, save_edit, write_latent
 from core.fitting.config import tiny_fit_config
 from core.generator.triplane import TriPlaneGenerator
@@ -212,6 +212,94 @@ def test_region_of_interest_is_the_edited_labels_before_and_after():
     region = region_of_interest(before, after, [2], dilation=0)
     assert region.sum() == 16 and region[7:11, 7:11].all()
     assert region_of_interest(before, after, [2], dilation=1).sum() > 16
+
+
+def test_a_part_of_a_view_renders_as_the_full_view_does_on_its_rays(G, branch):
+    ws = ws_of(G, 5)
+    camera = CameraRig.of(G).label(torch.tensor(10.0), torch.tensor(-5.0))
+    with torch.no_grad():
+        full = render(G, ws, camera, RES, branch)
+        whole = render_part(G, ws, camera, Crop.whole(RES), branch=branch)
+        crop, rays = Crop(2, 3, 12, RES), torch.tensor([0, 17, RES * RES - 1])
+        part = render_part(G, ws, camera, crop, rays, branch)
+    assert torch.allclose(whole.image, full.image, atol=1e-5) and torch.allclose(whole.logits, full.logits, atol=1e-4)
+    rows, columns = crop.slices
+    assert torch.allclose(part.image, full.image[..., rows, columns], atol=1e-5)
+    assert torch.allclose(part.extra, full.image.reshape(1, 3, -1)[..., rays], atol=1e-5)
+    # The semantic super-resolution sees zeros past the crop's edges: its interior is exact.
+    interior = slice(SEMANTIC_BORDER, -SEMANTIC_BORDER)
+    assert torch.allclose(part.logits[..., interior, interior], full.logits[..., rows, columns][..., interior, interior],
+                          atol=1e-4)
+
+
+def test_a_crop_holds_the_region_with_its_margin_inside_the_view():
+    region = np.zeros((32, 32), bool)
+    region[5:9, 20:30] = True
+    crop = Crop.around(region, margin=2)
+    assert crop.size == 14 and 0 <= crop.top and crop.left + crop.size <= 32
+    assert crop.mask()[3:11, 18:32].all() and crop.mask().sum() == 14 * 14
+    assert Crop.around(region, margin=40) == Crop.whole(32)
+
+
+def full_view_loss(G, branch, ws, edited, region, settings):
+    """The §5.4 loss of docs/editing.md computed on a full render of the view (the reference)."""
+    camera = CameraRig.of(G).label(torch.tensor(0.0), torch.tensor(0.0))
+    with torch.no_grad():
+        original = render(G, ws_of(G, 3), camera, RES).image
+        rendered = render(G, ws, camera, RES, branch)
+    target = torch.from_numpy(edited.astype(np.int64))[None]
+    inside = torch.from_numpy(region.astype(np.float32))[None, None]
+    pixel_ce = torch.nn.functional.cross_entropy(rendered.logits, target, reduction="none")[:, None]
+    ce_region = (pixel_ce * inside).sum() / inside.sum()
+    outside = 1 - inside
+    mse = ((rendered.image - original) ** 2 * outside).sum() / (3 * outside.sum())
+    perceptual = StructuralLoss()(rendered.image * outside, original * outside)
+    return pixel_ce.mean() + ce_region, mse, perceptual
+
+
+def test_the_edit_loss_on_part_of_the_view_equals_the_full_views_when_every_ray_is_included(G, branch):
+    start, moved = ws_of(G, 3), ws_of(G, 4)  # the loss of a latent other than the start: no term is zero
+    before = render_view(G, branch, start, 0.0, 0.0, RES)
+    edited = paint_square(before[1], int(np.argmin(np.bincount(before[1].ravel(), minlength=NUM_CLASSES))), 5, 6, 4)
+    region = region_of_interest(before[1], edited, edited_label_ids(before[1], edited), 1)
+    ce, mse, perceptual = full_view_loss(G, branch, moved, edited, region, EditSettings())
+
+    def objective(**options):
+        settings = EditSettings(resolution=RES, backbone_samples=None, **options)
+        return _EditObjective(G, branch, start, 0.0, 0.0, edited, region, before[1], settings, StructuralLoss())
+
+    whole = objective(crop_margin=RES)  # the crop is the whole view
+    loss, terms = whole(whole.render(moved, 0))
+    assert whole.crop.is_whole
+    assert terms["cross_entropy"] == pytest.approx(float(ce), rel=1e-4)
+    assert terms["mse_outside"] == pytest.approx(float(mse), rel=1e-4)
+    assert terms["perceptual_outside"] == pytest.approx(float(perceptual), rel=1e-4)
+    assert float(loss) == pytest.approx(float(ce + whole.settings.rgb_weight * mse + perceptual), rel=1e-4)
+    # A crop around r plus every ray outside it: the MSE over all pixels outside r is exact.
+    cropped = objective(crop_margin=1, outside_rays=RES * RES)
+    assert not cropped.crop.is_whole
+    assert len(cropped.outside_rays(0)) == RES * RES - cropped.crop.size ** 2
+    _, terms = cropped(cropped.render(moved, 0))
+    assert terms["mse_outside"] == pytest.approx(float(mse), rel=1e-4)
+    # Fewer rays: a different draw at each step, the same draw for the same step.
+    sparse = objective(crop_margin=1, outside_rays=20)
+    assert torch.equal(sparse.outside_rays(3), sparse.outside_rays(3))
+    assert not torch.equal(sparse.outside_rays(3), sparse.outside_rays(4)) and len(sparse.outside_rays(3)) == 20
+
+
+def test_an_edit_is_deterministic_and_stops_when_the_loss_stops_falling(G, branch):
+    ws = ws_of(G, 3)
+    before = render_view(G, branch, ws, 0.0, 0.0, RES)
+    edited = paint_square(before[1], int(np.argmin(np.bincount(before[1].ravel(), minlength=NUM_CLASSES))))
+    settings = EditSettings(steps=4, resolution=RES, crop_margin=1, outside_rays=30, backbone_samples=(6, 4),
+                            learning_rate=0.1, final_learning_rate=0.01)
+    first = edit_identity(G, branch, ws, 0.0, 0.0, edited, settings, before=before)
+    second = edit_identity(G, branch, ws, 0.0, 0.0, edited, settings, before=before)
+    assert torch.equal(first.ws, second.ws) and not torch.equal(first.ws, ws)
+    assert optimisation_samples(G, EditSettings(backbone_samples=(16, 6))) == (8, 6)  # never more than its own
+    frozen = EditSettings(steps=20, resolution=RES, learning_rate=0.0, patience=3)  # the loss cannot fall
+    result = edit_identity(G, branch, ws, 0.0, 0.0, edited, frozen, before=before)
+    assert len(result.history) == 4 and torch.allclose(result.ws, ws, atol=1e-5)
 
 
 def test_bad_edit_inputs_are_clear_errors(G, branch):

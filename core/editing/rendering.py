@@ -18,11 +18,15 @@ import torch.nn.functional as F
 
 from core.camera import DEFAULT_FOV_DEG, fov_to_intrinsics
 from core.fitting.trainer import composite_on_grey, learnt_on_grey
+from core.generator.triplane import CPU_RAY_CHUNK, View
 from core.semantic.rendering import (SAMPLES_PER_RAY, DenseSamples, ViewPrior, _rays, prior_samples,
                                      render_semantic)
 
 _POLAR_EPS = 1e-5
 PITCH_LIMIT = 60.0  # degrees: the look-at frame degenerates towards ±90
+# Pixels from a crop's edge that the semantic super-resolution's 3×3 convolutions (two at the
+# neural resolution, two at the output's) see past: logits there differ from a full render's.
+SEMANTIC_BORDER = 4
 
 
 @dataclass(frozen=True)
@@ -71,15 +75,18 @@ class Render:
 
 
 def render(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: int, branch=None,
-           samples_per_ray: int | None = SAMPLES_PER_RAY) -> Render:
+           samples_per_ray: int | None = SAMPLES_PER_RAY, backbone_samples: tuple[int, int] | None = None) -> Render:
     """RGB (and class logits with a branch) of latent ws (1, num_ws, w_dim) at resolution², with
     autograd to ws and the camera label. The neural renderer runs at `resolution` (capped at the
-    backbone's own), and the image is resized to `resolution` when the backbone super-resolves."""
+    backbone's own), and the image is resized to `resolution` when the backbone super-resolves.
+    `samples_per_ray`: the semantic branch's quadrature points per ray (its density prior);
+    `backbone_samples`: (coarse, importance) samples per ray instead of the backbone's own."""
     identity = G.synthesize(ws)
     neural = min(int(resolution), int(G.neural_rendering_resolution))
     camera_label = camera_label.to(ws.device)
     grey = learnt_on_grey(G)
-    view = G.render(identity, camera_label, neural, deterministic=True, return_samples=branch is not None or grey)
+    view = G.render(identity, camera_label, neural, deterministic=True, return_samples=branch is not None or grey,
+                    samples_per_ray=backbone_samples)
     image = view.image
     if grey:
         alpha = view.samples["weights"].sum(2).reshape(image.shape[0], 1, *image.shape[-2:])  # the rays' opacity
@@ -88,6 +95,14 @@ def render(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: int, bra
     if branch is None:
         return Render(image, None)
     origins, directions = _rays(G, camera_label, neural)
+    logits = _semantic_logits(G, branch, identity, view, origins, directions, neural, resolution, samples_per_ray)
+    return Render(image, logits)
+
+
+def _semantic_logits(G, branch, identity, view: View, origins, directions, neural: int, resolution: int,
+                     samples_per_ray: int | None) -> torch.Tensor:
+    """Class logits (1, K, resolution, resolution) of a square of rays (neural² of them, row-major)
+    rendered by the backbone as `view`, with gradients to the identity's block features."""
     box_warp = G.rendering_kwargs["box_warp"]
     if branch.density_prior:
         samples = prior_samples(view, origins, directions, box_warp, samples_per_ray=samples_per_ray)
@@ -95,8 +110,115 @@ def render(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: int, bra
         samples = DenseSamples(origins, directions, view.samples["depths"][..., 0], box_warp)
     semantic_planes = branch.triplane(identity.block_features)  # attached: gradients reach ws
     prior = ViewPrior(samples, view.image, neural)
-    logits = render_semantic(branch, semantic_planes, prior, resolution).logits
-    return Render(image, logits)
+    return render_semantic(branch, semantic_planes, prior, resolution).logits
+
+
+# ------------------------------------------------------------------ rendering part of a view
+@dataclass(frozen=True)
+class Crop:
+    """A square of `size` rays at (top, left) in the view's grid of resolution² rays."""
+
+    top: int
+    left: int
+    size: int
+    resolution: int
+
+    @classmethod
+    def around(cls, region: np.ndarray, margin: int) -> "Crop":
+        """The smallest square holding the bounding box of `region` (R, R) grown by `margin`,
+        moved inside the view (the whole view when it does not fit)."""
+        resolution = region.shape[0]
+        rows, columns = np.nonzero(region)
+        if len(rows) == 0:
+            return cls(0, 0, resolution, resolution)
+        top, bottom = rows.min() - margin, rows.max() + 1 + margin
+        left, right = columns.min() - margin, columns.max() + 1 + margin
+        size = min(resolution, max(bottom - top, right - left))
+        # Centre the square on the box, then shift it inside the view.
+        top = int(np.clip((top + bottom - size) // 2, 0, resolution - size))
+        left = int(np.clip((left + right - size) // 2, 0, resolution - size))
+        return cls(top, left, int(size), resolution)
+
+    @classmethod
+    def whole(cls, resolution: int) -> "Crop":
+        return cls(0, 0, resolution, resolution)
+
+    @property
+    def is_whole(self) -> bool:
+        return self.size == self.resolution
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.top, self.top + self.size), slice(self.left, self.left + self.size)
+
+    def mask(self) -> np.ndarray:
+        """(R, R) bool: the crop's pixels."""
+        inside = np.zeros((self.resolution, self.resolution), bool)
+        inside[self.slices] = True
+        return inside
+
+    def indices(self) -> torch.Tensor:
+        """Row-major indices of the crop's rays in the view (row-major, as the crop's pixels)."""
+        rows = torch.arange(self.top, self.top + self.size)
+        columns = torch.arange(self.left, self.left + self.size)
+        return (rows[:, None] * self.resolution + columns[None]).reshape(-1)
+
+
+@dataclass
+class PartRender:
+    """A render of a crop of a view (RGB, and class logits with a branch) plus other rays' RGB."""
+
+    image: torch.Tensor  # (1, 3, s, s) in [-1, 1]: the crop
+    logits: torch.Tensor | None  # (1, K, s, s)
+    extra: torch.Tensor  # (1, 3, E) in [-1, 1]: the RGB of the other rays
+
+
+def render_part(G, ws: torch.Tensor, camera_label: torch.Tensor, crop: Crop, extra: torch.Tensor | None = None,
+                branch=None, backbone_samples: tuple[int, int] | None = None,
+                samples_per_ray: int | None = SAMPLES_PER_RAY) -> PartRender:
+    """`render` restricted to the rays of `crop` (RGB and, with a branch, logits) and the rays
+    `extra` (indices into the view's crop.resolution² rays; RGB only), with autograd to ws.
+
+    Every ray is rendered exactly as in `render(G, ws, camera_label, crop.resolution, branch)`
+    (a ray's samples depend on that ray alone), so the crop of a full render and this agree to
+    float rounding, except the semantic branch's super-resolution convolutions, which see zeros
+    beyond the crop's edges instead of the neighbouring pixels (within SEMANTIC_BORDER pixels of
+    an edge that is not the view's). Only for backbones without super-resolution, whose neural
+    resolution is the image's (`supports_parts`). `backbone_samples` = (coarse, importance)
+    samples per ray instead of the backbone's own, for cheaper optimisation steps.
+    """
+    if not supports_parts(G, crop.resolution):
+        raise ValueError("rendering part of a view needs a backbone without super-resolution, at most at its "
+                         "neural rendering resolution")
+    identity = G.synthesize(ws)
+    camera_label = camera_label.to(ws.device)
+    extra = torch.zeros(0, dtype=torch.long) if extra is None else extra
+    index = torch.cat([crop.indices(), extra.cpu()]).to(ws.device)
+    origins, directions = _rays(G, camera_label, crop.resolution)
+    origins, directions = origins[:, index], directions[:, index]
+    options = G._rendering_options(backbone_samples)  # the checkpoint's, or these sample counts
+    rendered = G.renderer(identity.planes, G.decoder, origins, directions, options, deterministic=True,
+                          return_samples=True,
+                          max_rays_per_chunk=CPU_RAY_CHUNK if identity.planes.device.type == "cpu" else None)
+    rgb = rendered["features"][..., :3].transpose(1, 2)  # (1, 3, M) in [-1, 1], EG3D's composite on black
+    shown = composite_on_grey(rgb, rendered["weights_total"].transpose(1, 2)) * 2 - 1 if learnt_on_grey(G) else rgb
+    pixels = crop.size ** 2
+    image = shown[..., :pixels].reshape(1, 3, crop.size, crop.size)
+    if branch is None:
+        return PartRender(image, None, shown[..., pixels:])
+    square = slice(0, pixels)
+    samples = {key: rendered[key][:, square] for key in ("depths", "weights", "sigma")}
+    raw = rgb[..., :pixels].reshape(1, 3, crop.size, crop.size)  # what the branch sees: the backbone's own image
+    view = View(raw, raw, raw, rendered["depth"][:, square].transpose(1, 2).reshape(1, 1, crop.size, crop.size),
+                samples)
+    logits = _semantic_logits(G, branch, identity, view, origins[:, square], directions[:, square], crop.size,
+                              crop.size, samples_per_ray)
+    return PartRender(image, logits, shown[..., pixels:])
+
+
+def supports_parts(G, resolution: int) -> bool:
+    """Whether `render_part` can render parts of a view at this resolution (see there)."""
+    return G.superresolution is None and int(resolution) <= int(G.neural_rendering_resolution)
 
 
 def _resized(image: torch.Tensor, resolution: int) -> torch.Tensor:

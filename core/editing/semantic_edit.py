@@ -20,6 +20,7 @@ the before/after renders returned are at the full resolution of the edited map.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -33,9 +34,12 @@ from core.editing.inputs import EditingInputError, check_label_map
 from core.editing.latent import Latent, w_statistics
 from core.editing.perceptual import perceptual_loss
 from core.editing.progress import StepReport, ignore_progress, never_stop
-from core.editing.rendering import CameraRig, render, to_uint8
+from core.editing.rendering import (SEMANTIC_BORDER, CameraRig, Crop, PartRender, render, render_part, supports_parts,
+                                    to_uint8)
+from core.semantic.rendering import SAMPLES_PER_RAY
 
 EDITED_LABEL_FRACTION = 0.2
+IMPROVEMENT = 0.005  # relative fall of the loss that counts as progress (EditSettings.patience)
 
 
 class NoOpEditError(EditingInputError):
@@ -45,9 +49,20 @@ class NoOpEditError(EditingInputError):
 @dataclass
 class EditSettings:
     steps: int = 30
-    resolution: int = 64  # render size while optimising
+    resolution: int = 64  # the grid of rays the loss is computed on (the view's size while optimising)
+    # Pixels around r's bounding box (at `resolution`) rendered in full each step, RGB and labels;
+    # None renders the whole view each step (as backbones that super-resolve always are).
+    crop_margin: int | None = 8
+    outside_rays: int = 512  # rays drawn at random outside that crop each step, for the MSE term
+    # (coarse, importance) samples per ray while optimising, at most the backbone's own; None: its own.
+    backbone_samples: tuple[int, int] | None = (16, 8)
+    semantic_samples: int | None = SAMPLES_PER_RAY  # the branch's points per ray (density prior)
     learning_rate: float = 0.02  # of the w+ offset, in units of the spread of w (Adam moves every coordinate ~lr per step)
-    rgb_weight: float = 10.0  # λ₁ (MSE in EG3D's [-1, 1] range)
+    final_learning_rate: float | None = None  # cosine decay to this by the last step; None: constant
+    # Stop when the loss has not fallen below its best by IMPROVEMENT (relative) for this many
+    # steps in a row; 0: always run every step.
+    patience: int = 0
+    rgb_weight: float = 20.0  # λ₁ (MSE in EG3D's [-1, 1] range; see docs/editing.md for why 20)
     perceptual_weight: float = 1.0  # λ₂
     # Extra weight of the cross-entropy *inside r* (its mean over r's pixels). The paper's CE is a
     # mean over the whole view, where a small edit (a few % of the pixels) barely registers
@@ -117,7 +132,8 @@ def edit_identity(G, branch, start_ws: torch.Tensor, yaw: float, pitch: float, e
     `edited` is an (R, R) map of label ids painted on the render of `start_ws` at R² (R = the
     backbone's resolution, as the Edit workspace shows it). `before` = (rgb, labels) of that
     render when the caller has them. A map of another size, unknown ids or no change at all
-    raises EditingInputError (NoOpEditError) before anything runs.
+    raises EditingInputError (NoOpEditError) before anything runs. The result depends only on
+    the inputs and settings (the rays sampled outside r are drawn from a generator seeded per step).
     """
     settings = settings or EditSettings()
     progress, should_stop = progress or ignore_progress, should_stop or never_stop
@@ -134,31 +150,41 @@ def edit_identity(G, branch, start_ws: torch.Tensor, yaw: float, pitch: float, e
     region = region_of_interest(labels_before, edited, list(edited_labels), settings.dilation)
 
     perceptual = perceptual_loss(vgg_weights)
-    objective = _EditObjective(G, start_ws, yaw, pitch, edited, region, settings, perceptual)
+    objective = _EditObjective(G, branch, start_ws, yaw, pitch, edited, region, labels_before, settings, perceptual)
     w_avg, spread = w_statistics(G)
     latent = Latent(start_ws, w_avg, spread, settings.latent_space)
     optimizer = torch.optim.Adam([latent.offset], lr=settings.learning_rate)
     history, stopped = [], False
-    best_loss, best_offset = float("inf"), latent.offset.detach().clone()
+    best_loss, best_offset, since_best, converged = float("inf"), latent.offset.detach().clone(), 0, False
     for step in range(settings.steps):
         if should_stop():
             stopped = True
             break
-        rendered = render(G, latent.ws(), objective.camera, settings.resolution, branch)
+        rendered = objective.render(latent.ws(), step)
         loss, terms = objective(rendered)
+        since_best += 1
         if loss.item() < best_loss:
+            if loss.item() < best_loss * (1 - IMPROVEMENT):
+                since_best = 0
             best_loss, best_offset = loss.item(), latent.offset.detach().clone()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        # Converged: this state was scored, so the best state is known and no update is needed.
+        converged = bool(settings.patience) and since_best >= settings.patience
+        if not converged:
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(settings, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
         history.append({"phase": "edit", "step": step + 1, "loss": loss.item(), **terms})
         report = StepReport("edit", step + 1, settings.steps, loss.item(), terms, yaw, pitch)
-        if settings.preview_every and (step % settings.preview_every == 0 or step + 1 == settings.steps):
-            report.preview_rgb = to_uint8(rendered.image)
-            report.preview_labels = rendered.logits.argmax(1)[0].to(torch.uint8).numpy()
+        if settings.preview_every and (step % settings.preview_every == 0 or step + 1 == settings.steps or converged):
+            report.preview_rgb, report.preview_labels = objective.preview(rendered)
         progress(report)
-    # The last step's update was never scored; keep it only if no earlier state scored better.
-    final = _score(G, branch, latent, objective, settings.resolution)
+        if converged:
+            break
+    # The last update was never scored (unless the loop converged or was stopped before it);
+    # keep it only if no earlier state scored better.
+    final = objective.score(latent.ws(), settings.steps) if history and not converged else float("inf")
     if final > best_loss:
         with torch.no_grad():
             latent.offset.copy_(best_offset)
@@ -169,35 +195,142 @@ def edit_identity(G, branch, start_ws: torch.Tensor, yaw: float, pitch: float, e
                       time.perf_counter() - began)
 
 
-@torch.no_grad()
-def _score(G, branch, latent, objective, resolution) -> float:
-    return float(objective(render(G, latent.ws(), objective.camera, resolution, branch))[0])
+def optimisation_samples(G, settings: EditSettings) -> tuple[int, int] | None:
+    """(coarse, importance) samples per ray while optimising: settings.backbone_samples, but
+    never more than the backbone's own (None: the backbone's own)."""
+    if settings.backbone_samples is None:
+        return None
+    own = (int(G.rendering_kwargs["depth_resolution"]), int(G.rendering_kwargs["depth_resolution_importance"]))
+    return tuple(min(wanted, mine) for wanted, mine in zip(settings.backbone_samples, own))
+
+
+def _learning_rate(settings: EditSettings, step: int) -> float:
+    if settings.final_learning_rate is None or settings.steps < 2:
+        return settings.learning_rate
+    progress = step / (settings.steps - 1)
+    return settings.final_learning_rate + (settings.learning_rate - settings.final_learning_rate) * \
+        (1 + math.cos(math.pi * progress)) / 2
 
 
 class _EditObjective:
-    """The §5.4 loss at the optimisation resolution, against targets prepared once."""
+    """The §5.4 loss on the grid of settings.resolution² rays, against targets prepared once.
 
-    def __init__(self, G, start_ws, yaw, pitch, edited, region, settings: EditSettings, perceptual):
+    Each step renders only part of the view (`render_part`): every ray of a square crop around r
+    (RGB and labels) and `outside_rays` rays drawn at random outside the crop (RGB only). The
+    terms estimate those of the whole view: the cross-entropy's whole-view mean counts the crop
+    (outside it the labels are to stay as they are and the RGB terms hold them), the MSE sums the
+    crop's pixels outside r and the drawn rays scaled up to all rays outside the crop, and the
+    perceptual loss compares the crop (outside r) and is weighted by the crop's share of the view.
+    With the whole view as the crop all three equal the full render's loss (tested). Backbones
+    that super-resolve are rendered whole.
+    """
+
+    def __init__(self, G, branch, start_ws, yaw, pitch, edited, region, labels_before, settings: EditSettings,
+                 perceptual):
+        self.G, self.branch, self.settings, self.perceptual = G, branch, settings, perceptual
         self.camera = CameraRig.of(G).label(torch.tensor(float(yaw)), torch.tensor(float(pitch)))
         size = settings.resolution
         target = torch.from_numpy(edited.astype(np.float32))[None, None]
-        self.target = F.interpolate(target, size=(size, size), mode="nearest")[:, 0].long()
+        target = F.interpolate(target, size=(size, size), mode="nearest")[:, 0].long()
+        before = torch.from_numpy(labels_before.astype(np.float32))[None, None]
+        self.labels_before = F.interpolate(before, size=(size, size), mode="nearest")[0, 0].to(torch.uint8).numpy()
         # A low-resolution pixel is in r when any of the pixels it covers is: keep r generous.
         region = torch.from_numpy(region.astype(np.float32))[None, None]
-        self.inside = F.adaptive_max_pool2d(region, size) if size < region.shape[-1] else \
+        inside = F.adaptive_max_pool2d(region, size) if size < region.shape[-1] else \
             F.interpolate(region, size=(size, size), mode="nearest")
+        self.parts = supports_parts(G, size)
+        if self.parts and settings.crop_margin is not None:
+            self.crop = Crop.around(inside[0, 0].numpy() > 0, settings.crop_margin)
+        else:
+            self.crop = Crop.whole(size)
+        rows, columns = self.crop.slices
+        self.target, self.inside = target[:, rows, columns], inside[..., rows, columns]
         self.outside = 1 - self.inside
-        with torch.no_grad():
-            self.original = render(G, start_ws, self.camera, size).image  # same renderer, same size: exact at start
-        self.settings, self.perceptual = settings, perceptual
+        self.view_pixels = size * size
+        self.outside_pixels = float((1 - inside).sum())
+        self.counted = torch.from_numpy(self._counted())[None, None]
+        crop_rays = torch.zeros(self.view_pixels, dtype=torch.bool)
+        crop_rays[self.crop.indices()] = True
+        self.beyond_crop = torch.nonzero(~crop_rays).squeeze(1)  # the rays the MSE term samples from
+        self.backbone_samples = optimisation_samples(G, settings)
+        with torch.no_grad():  # same renderer, same rays and samples: exact at the start
+            if self.parts:
+                original = render_part(G, start_ws, self.camera, Crop.whole(size),
+                                       backbone_samples=self.backbone_samples).image
+            else:
+                original = render(G, start_ws, self.camera, size, backbone_samples=self.backbone_samples).image
+        self.original_view = original
+        self.original = original[..., rows, columns]
+        self.original_rays = original.reshape(1, 3, -1)
 
-    def __call__(self, rendered):
-        pixel_ce = F.cross_entropy(rendered.logits, self.target, reduction="none")[:, None]
-        ce = pixel_ce.mean()
-        if self.settings.region_weight:
-            ce = ce + self.settings.region_weight * (pixel_ce * self.inside).sum() / self.inside.sum().clamp_min(1)
-        outside = self.outside
-        mse = ((rendered.image - self.original) ** 2 * outside).sum() / (3 * outside.sum()).clamp_min(1)
-        perceptual = self.perceptual(rendered.image * outside, self.original * outside)
-        loss = ce + self.settings.rgb_weight * mse + self.settings.perceptual_weight * perceptual
+    def _counted(self) -> np.ndarray:
+        """(s, s) float: crop pixels whose logits equal a full render's (the semantic
+        super-resolution sees past the crop's inner edges), counted in the whole-view CE."""
+        crop, border = self.crop, SEMANTIC_BORDER
+        counted = np.ones((crop.size, crop.size), np.float32)
+        if crop.top > 0:
+            counted[:border] = 0
+        if crop.left > 0:
+            counted[:, :border] = 0
+        if crop.top + crop.size < crop.resolution:
+            counted[crop.size - border:] = 0
+        if crop.left + crop.size < crop.resolution:
+            counted[:, crop.size - border:] = 0
+        return counted
+
+    def outside_rays(self, step: int) -> torch.Tensor:
+        """The rays outside the crop sampled at `step` (all of them when there are few)."""
+        count = min(self.settings.outside_rays, len(self.beyond_crop)) if self.parts else 0
+        if count == len(self.beyond_crop):
+            return self.beyond_crop
+        generator = torch.Generator().manual_seed(step)
+        return self.beyond_crop[torch.randperm(len(self.beyond_crop), generator=generator)[:count]].sort().values
+
+    def render(self, ws: torch.Tensor, step: int, rays: torch.Tensor | None = None) -> "_StepRender":
+        settings = self.settings
+        if not self.parts:
+            whole = render(self.G, ws, self.camera, settings.resolution, self.branch, settings.semantic_samples,
+                           self.backbone_samples)
+            part = PartRender(whole.image, whole.logits, whole.image.new_zeros(1, 3, 0))
+            return _StepRender(part, self.beyond_crop[:0])
+        rays = self.outside_rays(step) if rays is None else rays
+        part = render_part(self.G, ws, self.camera, self.crop, rays, self.branch, self.backbone_samples,
+                           settings.semantic_samples)
+        return _StepRender(part, rays)
+
+    def __call__(self, rendered: "_StepRender"):
+        part, rays, settings = rendered.part, rendered.rays, self.settings
+        pixel_ce = F.cross_entropy(part.logits, self.target, reduction="none")[:, None]
+        ce = (pixel_ce * self.counted).sum() / self.view_pixels
+        if settings.region_weight:
+            ce = ce + settings.region_weight * (pixel_ce * self.inside).sum() / self.inside.sum().clamp_min(1)
+        squared = ((part.image - self.original) ** 2 * self.outside).sum()
+        if len(rays):
+            scale = len(self.beyond_crop) / len(rays)
+            squared = squared + scale * (part.extra - self.original_rays[..., rays]).pow(2).sum()
+        mse = squared / max(3 * self.outside_pixels, 1)
+        share = self.crop.size ** 2 / self.view_pixels
+        perceptual = share * self.perceptual(part.image * self.outside, self.original * self.outside)
+        loss = ce + settings.rgb_weight * mse + settings.perceptual_weight * perceptual
         return loss, {"cross_entropy": ce.item(), "mse_outside": mse.item(), "perceptual_outside": perceptual.item()}
+
+    @torch.no_grad()
+    def score(self, ws: torch.Tensor, step: int) -> float:
+        return float(self(self.render(ws, step))[0])
+
+    def preview(self, rendered: "_StepRender") -> tuple[np.ndarray, np.ndarray]:
+        """(RGB, labels) of the view at the optimisation resolution: the crop's current render
+        pasted into the view before the edit."""
+        part = rendered.part
+        rows, columns = self.crop.slices
+        rgb = self.original_view.detach().clone()
+        rgb[..., rows, columns] = part.image.detach()
+        labels = self.labels_before.copy()
+        labels[rows, columns] = part.logits.detach().argmax(1)[0].to(torch.uint8).numpy()
+        return to_uint8(rgb), labels
+
+
+@dataclass
+class _StepRender:
+    part: PartRender
+    rays: torch.Tensor  # the rays outside the crop in part.extra
