@@ -17,6 +17,22 @@ class UserError(Exception):
     """A problem with the user's input: printed as one clear line, exit status 2."""
 
 
+def add_threads_argument(parser: argparse.ArgumentParser,
+                         help: str = "CPU threads for torch (default: torch's choice)") -> None:
+    parser.add_argument("--threads", type=int, help=help)
+
+
+def use_threads(threads: int | None) -> None:
+    """Apply a command's --threads (None: torch's choice); a count below 1 is a UserError."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise UserError("--threads must be at least 1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backbone")
     group.add_argument("--backbone", default="default", help="'default' (embedded), an EG3D network pickle (.pkl) or a studio checkpoint (.safetensors)")

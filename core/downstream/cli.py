@@ -6,6 +6,8 @@ from pathlib import Path
 
 
 def add_downstream_evaluation(what) -> None:
+    from core.cli import add_threads_argument
+
     p = what.add_parser(
         "downstream", help="segmenters trained on factory output vs annotations alone vs a DatasetGAN-style baseline",
         description="Train a DeepLabV3-style segmenter from scratch on factory output, on the annotations alone and "
@@ -29,7 +31,7 @@ def add_downstream_evaluation(what) -> None:
     p.add_argument("--resolution", type=int, help="image size of every arm and test set (default 64)")
     p.add_argument("--steps", type=int, help="segmenter training steps per arm (default 600)")
     p.add_argument("--semantic-steps", type=int, help="semantic-branch steps when one must be trained (default 1500)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    add_threads_argument(p)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(run=_evaluate_downstream)
 
@@ -119,15 +121,13 @@ def _project_inputs(folder: Path, branch_file: Path | None, UserError):
 
 
 def _evaluate_downstream(args) -> None:
-    import torch
     from tqdm import tqdm
 
-    from core.cli import UserError
+    from core.cli import UserError, use_threads
     from core.downstream.dataset import DatasetError, read_pairs, read_point_clouds
     from core.downstream.evaluate import DownstreamRun
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     settings = settings_from_arguments(args, UserError)
     backbone, annotations, branch = _inputs(args, settings, UserError)
     dataset = clouds = None

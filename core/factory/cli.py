@@ -18,6 +18,7 @@ def _angle_range(text: str) -> tuple[float, float]:
 
 
 def generate_parser(sub) -> None:
+    from core.cli import add_threads_argument
     from core.factory.generate import GenerateRequest
 
     defaults = GenerateRequest(project=Path("."), out=Path("."), identities=1)
@@ -45,7 +46,7 @@ def generate_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the dataset in --out (only the factory's files)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (auto: CUDA when present)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch with --workers 1 (default: torch's choice)")
+    add_threads_argument(p, "CPU threads for torch with --workers 1 (default: torch's choice)")
     p.add_argument("--workers", type=int, help="CPU processes writing identities side by side, one torch thread each "
                    "(default: one per core on a CPU run, 1 on a GPU); the files do not depend on it")
     p.set_defaults(run=_generate)
@@ -54,15 +55,10 @@ def generate_parser(sub) -> None:
 def _generate(args) -> None:
     from tqdm import tqdm
 
-    from core.cli import UserError
+    from core.cli import UserError, use_threads
     from core.factory.generate import FactoryError, GenerateRequest, generate_dataset
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError("--threads must be at least 1")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     request = GenerateRequest(
         workers=args.workers or _default_workers(args.device, args.n),
         project=args.project, out=args.out, identities=args.n, views=args.views, size=args.size,

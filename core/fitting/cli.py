@@ -7,6 +7,8 @@ from pathlib import Path
 
 
 def fit_backbone_parser(sub) -> None:
+    from core.cli import add_threads_argument
+
     p = sub.add_parser(
         "fit-backbone", help="fit the small generator to the procedural category",
         description="Fit a small EG3D-architecture generator so that identity z renders like procedural "
@@ -17,21 +19,18 @@ def fit_backbone_parser(sub) -> None:
     p.add_argument("--steps", type=int, help="stop at this total number of steps")
     p.add_argument("--resume", action="store_true", help="continue from --out and its sidecar")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    add_threads_argument(p)
     p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints (default 300)")
     p.set_defaults(run=_fit_backbone)
 
 
 def _fit_backbone(args) -> None:
-    import torch
-
-    from core.cli import UserError
+    from core.cli import UserError, use_threads
     from core.fitting.config import FitSettings
     from core.fitting.trainer import FitError, FitRequest, fit
 
     _check_fit_arguments(args, UserError)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     settings = FitSettings(checkpoint_every_s=args.checkpoint_every)
     request = FitRequest(out=args.out, minutes=args.minutes, steps=args.steps, resume=args.resume,
                          device=args.device, settings=settings)

@@ -10,7 +10,6 @@ import json
 import math
 import signal
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 SEMANTIC_DIR = "semantic"
@@ -20,6 +19,8 @@ DEFAULT_STEPS = 2000
 
 # ================================================================================ train-semantic
 def add_parser(sub) -> None:
+    from core.cli import add_threads_argument
+
     p = sub.add_parser(
         "train-semantic", help="train the semantic branch on a project's annotations",
         description="Train the semantic branch on every valid annotation of a project, with the project's "
@@ -41,16 +42,16 @@ def add_parser(sub) -> None:
     p.add_argument("--no-multiscale", action="store_true", help="ablation: semantic tri-plane from the last block only")
     p.add_argument("--no-density-prior", action="store_true", help="ablation: the branch predicts its own density")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    add_threads_argument(p)
     p.set_defaults(run=_train_semantic)
 
 
 def _train_semantic(args) -> None:
-    from core.cli import UserError
+    from core.cli import UserError, use_threads
     from core.project import ProjectError
 
     _check_train_arguments(args)
-    _set_threads(args.threads)
+    use_threads(args.threads)
     try:
         project = _open_project(args.project, writable=True)
     except ProjectError as error:
@@ -68,8 +69,6 @@ def _check_train_arguments(args) -> None:
         raise UserError("--steps must be at least 1")
     if args.checkpoint_every < 1:
         raise UserError("--checkpoint-every must be at least 1")
-    if args.threads < 0:
-        raise UserError("--threads cannot be negative")
     name = args.run_name
     if name is not None and (not name or Path(name).name != name or name.startswith(".")):
         raise UserError(f"--run must be a plain folder name, got {name!r}")
@@ -206,12 +205,6 @@ def class_names(project) -> list[str]:
     return [names.get(index, f"id {index}") for index in range(max(names) + 1)]
 
 
-def _set_threads(threads: int) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
 
 def _report_result(result, log: "TrainingLog") -> None:
     last = log.entries[-1] if log.entries else {}
@@ -336,6 +329,7 @@ class _StopOnSignals:
 # ================================================================================ evaluate labels
 def add_labels_evaluation(what) -> None:
     """`evaluate labels`: registered under `evaluate` in core.cli."""
+    from core.cli import add_threads_argument
     from core.semantic.evaluation import LABEL_VIEWS, VIDEO_FRAMES
 
     p = what.add_parser(
@@ -357,7 +351,7 @@ def add_labels_evaluation(what) -> None:
     p.add_argument("--video-frames", type=int, default=VIDEO_FRAMES, help=f"frames of the orbit (default {VIDEO_FRAMES})")
     p.add_argument("--resolution", type=int, help="label resolution (default: the backbone's image resolution)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    add_threads_argument(p)
     p.add_argument("--surface-oracle", action="store_true",
                    help="also report 'surface_oracle': the procedural label at the backbone's own surface point of "
                         "each pixel, the ceiling the backbone's geometry puts on any branch")
@@ -368,11 +362,11 @@ def add_labels_evaluation(what) -> None:
 def _evaluate_labels(args) -> None:
     from tqdm import tqdm
 
-    from core.cli import UserError
+    from core.cli import UserError, use_threads
     from core.project import ProjectError
     from core.semantic.evaluation import SURFACE_ORACLE, evaluate_branches
 
-    _set_threads(args.threads)
+    use_threads(args.threads)
     try:
         project = _open_project(args.project, writable=False)
     except ProjectError as error:
