@@ -2,8 +2,8 @@
 
     python benchmarks/bench_edit.py --project PROJECT --edits 1 --threads 1   # one identity, 3 edit kinds
     python benchmarks/bench_edit.py --project PROJECT --edits 3 --threads 2   # the figures of docs/editing.md
-    python benchmarks/bench_edit.py --project PROJECT --steps 30 --resolution 64 --crop-margin none \
-        --outside-rays 0 --backbone-samples none --patience 0                 # the optimisation before the speed-up
+    python benchmarks/bench_edit.py --project PROJECT --steps 30 --learning-rate 0.02 --rgb-weight 10 \
+        --crop-margin none --backbone-samples none                            # the optimisation before the speed-up
     python benchmarks/bench_edit.py                                           # no project: an untrained branch (timing only)
 
 For each of --edits 'evaluate' identities (frontal view) every scripted edit of

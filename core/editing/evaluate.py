@@ -104,7 +104,8 @@ def evaluate_edits(backbone, branch, identities: int = 3, settings: EditSettings
                 rows.append({"seed": seed, "edit": name, "skipped": "the edit changes nothing in this view"})
                 continue
             result = edit_identity(G, branch, ws, *EDIT_VIEW, target, settings, vgg_weights, labels, before)
-            rows.append({"seed": seed, "edit": name, "seconds": result.seconds, "perceptual": result.perceptual,
+            rows.append({"seed": seed, "edit": name, "seconds": result.seconds, "steps": len(result.history),
+                         "perceptual": result.perceptual,
                          "label_iou_before_edit": _miou(before[1], truth, num_classes), **edit_figures(result)})
             if progress:
                 progress(len(rows), len(seeds) * len(SCRIPTED_EDITS))
@@ -120,7 +121,10 @@ def evaluate_edits(backbone, branch, identities: int = 3, settings: EditSettings
                      for name in SCRIPTED_EDITS},
         "settings": {"steps": settings.steps, "resolution": settings.resolution, "rgb_weight": settings.rgb_weight,
                      "perceptual_weight": settings.perceptual_weight, "dilation": settings.dilation,
-                     "learning_rate": settings.learning_rate},
+                     "learning_rate": settings.learning_rate, "final_learning_rate": settings.final_learning_rate,
+                     "patience": settings.patience, "crop_margin": settings.crop_margin,
+                     "outside_rays": settings.outside_rays, "backbone_samples": settings.backbone_samples,
+                     "semantic_samples": settings.semantic_samples, "latent_space": settings.latent_space},
         "view": {"yaw": EDIT_VIEW[0], "pitch": EDIT_VIEW[1]},
         "identities": seeds,
         "resolution": resolution,

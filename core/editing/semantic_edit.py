@@ -48,7 +48,7 @@ class NoOpEditError(EditingInputError):
 
 @dataclass
 class EditSettings:
-    steps: int = 30
+    steps: int = 20
     resolution: int = 64  # the grid of rays the loss is computed on (the view's size while optimising)
     # Pixels around r's bounding box (at `resolution`) rendered in full each step, RGB and labels;
     # None renders the whole view each step (as backbones that super-resolve always are).
@@ -57,12 +57,12 @@ class EditSettings:
     # (coarse, importance) samples per ray while optimising, at most the backbone's own; None: its own.
     backbone_samples: tuple[int, int] | None = (16, 8)
     semantic_samples: int | None = SAMPLES_PER_RAY  # the branch's points per ray (density prior)
-    learning_rate: float = 0.02  # of the w+ offset, in units of the spread of w (Adam moves every coordinate ~lr per step)
+    learning_rate: float = 0.03  # of the w+ offset, in units of the spread of w (Adam moves every coordinate ~lr per step)
     final_learning_rate: float | None = None  # cosine decay to this by the last step; None: constant
     # Stop when the loss has not fallen below its best by IMPROVEMENT (relative) for this many
     # steps in a row; 0: always run every step.
     patience: int = 0
-    rgb_weight: float = 20.0  # λ₁ (MSE in EG3D's [-1, 1] range; see docs/editing.md for why 20)
+    rgb_weight: float = 30.0  # λ₁ (MSE in EG3D's [-1, 1] range; docs/editing.md says why 30, not 10)
     perceptual_weight: float = 1.0  # λ₂
     # Extra weight of the cross-entropy *inside r* (its mean over r's pixels). The paper's CE is a
     # mean over the whole view, where a small edit (a few % of the pixels) barely registers
