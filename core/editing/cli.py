@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from core.editing.semantic_edit import EditSettings
+
 
 # ---------------------------------------------------------------------------- shared
 def _add_common(p, steps_default: int, resolution_default: int) -> None:
@@ -156,7 +158,7 @@ def edit_parser(sub) -> None:
     p.add_argument("--mask", required=True, type=Path, help="edited label map: indexed PNG of the render's size")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a finished result in --out")
-    _add_common(p, steps_default=30, resolution_default=64)
+    _add_common(p, steps_default=EditSettings.steps, resolution_default=EditSettings.resolution)
     p.set_defaults(run=_edit)
 
 
@@ -164,7 +166,7 @@ def _edit(args) -> None:
     from core.cli import UserError
     from core.editing.inputs import EditingInputError, read_label_map
     from core.editing.perceptual import PerceptualWeightsError
-    from core.editing.semantic_edit import EditSettings, edit_identity
+    from core.editing.semantic_edit import edit_identity
     from core.editing.store import read_latent, read_pose, save_edit
 
     _threads(args)
@@ -215,7 +217,7 @@ def add_edit_evaluation(what) -> None:
     p.add_argument("--inversions", type=int, default=2, help="identities to invert (0: skip the inversion figures)")
     p.add_argument("--inversion-steps", type=int, default=100)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    _add_common(p, steps_default=30, resolution_default=64)
+    _add_common(p, steps_default=EditSettings.steps, resolution_default=EditSettings.resolution)
     p.set_defaults(run=_evaluate_edit)
 
 
@@ -226,7 +228,6 @@ def _evaluate_edit(args) -> None:
     from core.editing.evaluate import evaluate_edits, evaluate_inversions
     from core.editing.inversion import InversionSettings
     from core.editing.perceptual import PerceptualWeightsError
-    from core.editing.semantic_edit import EditSettings
 
     _threads(args)
     if args.identities < 0 or args.inversions < 0 or args.identities + args.inversions == 0:

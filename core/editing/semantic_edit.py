@@ -34,8 +34,8 @@ from core.editing.inputs import EditingInputError, check_label_map
 from core.editing.latent import Latent, w_statistics
 from core.editing.perceptual import perceptual_loss
 from core.editing.progress import StepReport, ignore_progress, never_stop
-from core.editing.rendering import (SEMANTIC_BORDER, CameraRig, Crop, PartRender, render, render_part, supports_parts,
-                                    to_uint8)
+from core.editing.rendering import (SEMANTIC_BORDER, CameraRig, Crop, PartRender, render, render_part, render_still,
+                                    supports_parts, to_uint8)
 from core.semantic.rendering import SAMPLES_PER_RAY
 
 EDITED_LABEL_FRACTION = 0.2
@@ -48,7 +48,7 @@ class NoOpEditError(EditingInputError):
 
 @dataclass
 class EditSettings:
-    steps: int = 20
+    steps: int = 24
     resolution: int = 64  # the grid of rays the loss is computed on (the view's size while optimising)
     # Pixels around r's bounding box (at `resolution`) rendered in full each step, RGB and labels;
     # None renders the whole view each step (as backbones that super-resolve always are).
@@ -96,7 +96,7 @@ class EditResult:
 def render_view(G, branch, ws: torch.Tensor, yaw: float, pitch: float, resolution: int) -> tuple[np.ndarray, np.ndarray]:
     """(RGB (R, R, 3) uint8, labels (R, R) uint8) of a latent from a yaw/pitch view."""
     rig = CameraRig.of(G)
-    rendered = render(G, ws, rig.label(torch.tensor(float(yaw)), torch.tensor(float(pitch))), resolution, branch)
+    rendered = render_still(G, ws, rig.label(torch.tensor(float(yaw)), torch.tensor(float(pitch))), resolution, branch)
     labels = rendered.logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
     return to_uint8(rendered.image), labels
 

@@ -97,12 +97,11 @@ def loss_curve(values, width: int = 480, height: int = 240) -> np.ndarray:
 
 def write_orbit(folder: Path, G, branch, ws: torch.Tensor, pitch: float, resolution: int, palette, prefix: str) -> None:
     """Renders of the identity from ORBIT_YAWS: RGB, and labels when there is a branch."""
-    from core.editing.rendering import CameraRig, render, to_uint8
+    from core.editing.rendering import CameraRig, render_still, to_uint8
 
     rig = CameraRig.of(G)
     for yaw in ORBIT_YAWS:
-        with torch.no_grad():
-            rendered = render(G, ws, rig.label(torch.tensor(yaw), torch.tensor(float(pitch))), resolution, branch)
+        rendered = render_still(G, ws, rig.label(torch.tensor(yaw), torch.tensor(float(pitch))), resolution, branch)
         name = f"{prefix}_yaw{yaw:+.0f}"
         write_png(folder / f"{name}.png", to_uint8(rendered.image))
         if rendered.logits is not None:
