@@ -300,6 +300,11 @@ def test_an_edit_is_deterministic_and_stops_when_the_loss_stops_falling(G, branc
     second = edit_identity(G, branch, ws, 0.0, 0.0, edited, settings, before=before)
     assert torch.equal(first.ws, second.ws) and not torch.equal(first.ws, ws)
     assert optimisation_samples(G, EditSettings(backbone_samples=(16, 6))) == (8, 6)  # never more than its own
+    # Above the neural resolution the view cannot be rendered in parts: every step renders it whole.
+    previews = []
+    whole = edit_identity(G, branch, ws, 0.0, 0.0, edited, EditSettings(steps=2, resolution=2 * RES), before=before,
+                          progress=lambda report: previews.append(report.preview_rgb))
+    assert len(whole.history) == 2 and previews[0].shape == (2 * RES, 2 * RES, 3)
     frozen = EditSettings(steps=20, resolution=RES, learning_rate=0.0, patience=3)  # the loss cannot fall
     result = edit_identity(G, branch, ws, 0.0, 0.0, edited, frozen, before=before)
     assert len(result.history) == 4 and torch.allclose(result.ws, ws, atol=1e-5)
