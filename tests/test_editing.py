@@ -222,17 +222,24 @@ def test_a_part_of_a_view_renders_as_the_full_view_does_on_its_rays(G, branch):
         whole = render_part(G, ws, camera, Crop.whole(RES), branch=branch)
         crop, rays = Crop(2, 3, 12, RES), torch.tensor([0, 17, RES * RES - 1])
         part = render_part(G, ws, camera, crop, rays, branch)
-    assert torch.allclose(whole.image, full.image, atol=1e-5) and torch.allclose(whole.logits, full.logits, atol=1e-4)
+    assert torch.allclose(whole.images[0], full.image, atol=1e-5)
+    assert torch.allclose(whole.logits[0], full.logits, atol=1e-4)
     rows, columns = crop.slices
-    assert torch.allclose(part.image, full.image[..., rows, columns], atol=1e-5)
+    assert torch.allclose(part.images[0], full.image[..., rows, columns], atol=1e-5)
     assert torch.allclose(part.extra, full.image.reshape(1, 3, -1)[..., rays], atol=1e-5)
     still = render_still(G, ws, camera, RES, branch)  # empty space skipped: the same view to the threshold
     assert (still.image - full.image).abs().max() < 2e-3
     assert (still.logits.argmax(1) == full.logits.argmax(1)).float().mean() > 0.99
     # The semantic super-resolution sees zeros past the crop's edges: its interior is exact.
     interior = slice(SEMANTIC_BORDER, -SEMANTIC_BORDER)
-    assert torch.allclose(part.logits[..., interior, interior], full.logits[..., rows, columns][..., interior, interior],
-                          atol=1e-4)
+    assert torch.allclose(part.logits[0][..., interior, interior],
+                          full.logits[..., rows, columns][..., interior, interior], atol=1e-4)
+    # Two crops in one pass: each as rendered alone.
+    other = Crop(0, 0, 2, RES)
+    with torch.no_grad():
+        both = render_part(G, ws, camera, [other, crop], rays, branch)
+    assert torch.allclose(both.images[1], part.images[0], atol=1e-5) and torch.allclose(both.extra, part.extra, atol=1e-5)
+    assert torch.allclose(both.images[0], full.image[..., :2, :2], atol=1e-5)
 
 
 def test_a_crop_holds_the_region_with_its_margin_inside_the_view():
@@ -242,6 +249,17 @@ def test_a_crop_holds_the_region_with_its_margin_inside_the_view():
     assert crop.size == 14 and 0 <= crop.top and crop.left + crop.size <= 32
     assert crop.mask()[3:11, 18:32].all() and crop.mask().sum() == 14 * 14
     assert Crop.around(region, margin=40) == Crop.whole(32)
+    first = region.copy()
+    region[20:23, 3:6] = True  # a second part, far away: its own square
+    crops = Crop.each_around(region, margin=2)
+    assert len(crops) == 2 and Crop.around(first, margin=2) in crops and 7 in (crops[0].size, crops[1].size)
+    assert not crops[0].overlaps(crops[1]) and (crops[0].mask() | crops[1].mask())[18:25, 1:8].all()
+    region[8, 4:21] = region[8:21, 4] = True  # now joined to it: one part
+    assert Crop.each_around(region, margin=2) == [Crop.around(region, margin=2)]
+    region[:] = False
+    region[4:6, 4:6] = region[4:6, 9:11] = True  # near: the squares overlap and are merged
+    merged = Crop.each_around(region, margin=2)
+    assert len(merged) == 1 and merged[0].mask()[2:8, 2:13].all()
 
 
 def full_view_loss(G, branch, ws, edited, region, settings):
@@ -273,15 +291,15 @@ def test_the_edit_loss_on_part_of_the_view_equals_the_full_views_when_every_ray_
 
     whole = objective(crop_margin=RES)  # the crop is the whole view
     loss, terms = whole(whole.render(moved, 0))
-    assert whole.crop.is_whole
+    assert len(whole.crops) == 1 and whole.crops[0].is_whole
     assert terms["cross_entropy"] == pytest.approx(float(ce), rel=1e-4)
     assert terms["mse_outside"] == pytest.approx(float(mse), rel=1e-4)
     assert terms["perceptual_outside"] == pytest.approx(float(perceptual), rel=1e-4)
     assert float(loss) == pytest.approx(float(ce + whole.settings.rgb_weight * mse + perceptual), rel=1e-4)
     # A crop around r plus every ray outside it: the MSE over all pixels outside r is exact.
     cropped = objective(crop_margin=1, outside_rays=RES * RES)
-    assert not cropped.crop.is_whole
-    assert len(cropped.outside_rays(0)) == RES * RES - cropped.crop.size ** 2
+    assert len(cropped.crops) == 1 and not cropped.crops[0].is_whole
+    assert len(cropped.outside_rays(0)) == RES * RES - cropped.crops[0].size ** 2
     _, terms = cropped(cropped.render(moved, 0))
     assert terms["mse_outside"] == pytest.approx(float(mse), rel=1e-4)
     # Fewer rays: a different draw at each step, the same draw for the same step.

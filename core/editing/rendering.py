@@ -9,9 +9,11 @@ on: `G.synthesize`, `G.render(..., return_samples=True)`, `prior_samples` (the d
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,7 @@ PITCH_LIMIT = 60.0  # degrees: the look-at frame degenerates towards ±90
 # Pixels from a crop's edge that the semantic super-resolution's 3×3 convolutions (two at the
 # neural resolution, two at the output's) see past: logits there differ from a full render's.
 SEMANTIC_BORDER = 4
+MAX_CROPS = 4  # separate squares per edit at most (each runs the semantic super-resolution)
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,8 @@ def render(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: int, bra
     if branch is None:
         return Render(image, None)
     origins, directions = _rays(G, camera_label, neural)
-    logits = _semantic_logits(G, branch, identity, view, origins, directions, neural, resolution, samples_per_ray)
+    semantic_planes = branch.triplane(identity.block_features)  # attached: gradients reach ws
+    logits = _semantic_logits(G, branch, semantic_planes, view, origins, directions, neural, resolution, samples_per_ray)
     return Render(image, logits)
 
 
@@ -123,16 +127,16 @@ def render_still(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: in
     return Render(image, labels_for_view(branch, G, identity, camera_label, resolution, view=view).logits)
 
 
-def _semantic_logits(G, branch, identity, view: View, origins, directions, neural: int, resolution: int,
+def _semantic_logits(G, branch, semantic_planes, view: View, origins, directions, neural: int, resolution: int,
                      samples_per_ray: int | None) -> torch.Tensor:
     """Class logits (1, K, resolution, resolution) of a square of rays (neural² of them, row-major)
-    rendered by the backbone as `view`, with gradients to the identity's block features."""
+    rendered by the backbone as `view`; `semantic_planes` = branch.triplane(block features),
+    computed with autograd on, so that gradients reach the identity's block features."""
     box_warp = G.rendering_kwargs["box_warp"]
     if branch.density_prior:
         samples = prior_samples(view, origins, directions, box_warp, samples_per_ray=samples_per_ray)
     else:
         samples = DenseSamples(origins, directions, view.samples["depths"][..., 0], box_warp)
-    semantic_planes = branch.triplane(identity.block_features)  # attached: gradients reach ws
     prior = ViewPrior(samples, view.image, neural)
     return render_semantic(branch, semantic_planes, prior, resolution).logits
 
@@ -164,6 +168,30 @@ class Crop:
         return cls(top, left, int(size), resolution)
 
     @classmethod
+    def each_around(cls, region: np.ndarray, margin: int) -> list["Crop"]:
+        """Disjoint squares covering `region` with `margin`: one per connected part (two eyes are
+        two small squares, not one wide one), merged where they would overlap; one square
+        around all of it when there are more than MAX_CROPS parts."""
+        count, parts = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
+        crops = [cls.around(parts == label, margin) for label in range(1, count)]
+        if not crops or len(crops) > MAX_CROPS:
+            return [cls.around(region, margin)]
+        merged = True
+        while merged:
+            merged = False
+            for i, j in itertools.combinations(range(len(crops)), 2):
+                if crops[i].overlaps(crops[j]):
+                    crops[i] = cls.around(crops[i].mask() | crops[j].mask(), 0)
+                    del crops[j]
+                    merged = True
+                    break
+        return crops
+
+    def overlaps(self, other: "Crop") -> bool:
+        return (self.top < other.top + other.size and other.top < self.top + self.size
+                and self.left < other.left + other.size and other.left < self.left + self.size)
+
+    @classmethod
     def whole(cls, resolution: int) -> "Crop":
         return cls(0, 0, resolution, resolution)
 
@@ -190,35 +218,38 @@ class Crop:
 
 @dataclass
 class PartRender:
-    """A render of a crop of a view (RGB, and class logits with a branch) plus other rays' RGB."""
+    """Renders of crops of a view (RGB, and class logits with a branch) plus other rays' RGB."""
 
-    image: torch.Tensor  # (1, 3, s, s) in [-1, 1]: the crop
-    logits: torch.Tensor | None  # (1, K, s, s)
+    images: list[torch.Tensor]  # per crop (1, 3, s, s) in [-1, 1]
+    logits: list[torch.Tensor] | None  # per crop (1, K, s, s)
     extra: torch.Tensor  # (1, 3, E) in [-1, 1]: the RGB of the other rays
 
 
-def render_part(G, ws: torch.Tensor, camera_label: torch.Tensor, crop: Crop, extra: torch.Tensor | None = None,
-                branch=None, backbone_samples: tuple[int, int] | None = None,
+def render_part(G, ws: torch.Tensor, camera_label: torch.Tensor, crops: Crop | list[Crop],
+                extra: torch.Tensor | None = None, branch=None, backbone_samples: tuple[int, int] | None = None,
                 samples_per_ray: int | None = SAMPLES_PER_RAY) -> PartRender:
-    """`render` restricted to the rays of `crop` (RGB and, with a branch, logits) and the rays
-    `extra` (indices into the view's crop.resolution² rays; RGB only), with autograd to ws.
+    """`render` restricted to the rays of `crops` (disjoint squares of one view: RGB and, with a
+    branch, logits) and the rays `extra` (indices into the view's resolution² rays; RGB only),
+    with autograd to ws.
 
     Every ray is rendered exactly as in `render(G, ws, camera_label, crop.resolution, branch)`
     (a ray's samples depend on that ray alone), so the crop of a full render and this agree to
     float rounding, except the semantic branch's super-resolution convolutions, which see zeros
-    beyond the crop's edges instead of the neighbouring pixels (within SEMANTIC_BORDER pixels of
+    beyond a crop's edges instead of the neighbouring pixels (within SEMANTIC_BORDER pixels of
     an edge that is not the view's). Only for backbones without super-resolution, whose neural
     resolution is the image's (`supports_parts`). `backbone_samples` = (coarse, importance)
     samples per ray instead of the backbone's own, for cheaper optimisation steps.
     """
-    if not supports_parts(G, crop.resolution):
+    crops = [crops] if isinstance(crops, Crop) else list(crops)
+    resolution = crops[0].resolution
+    if not supports_parts(G, resolution):
         raise ValueError("rendering part of a view needs a backbone without super-resolution, at most at its "
                          "neural rendering resolution")
     identity = G.synthesize(ws)
     camera_label = camera_label.to(ws.device)
     extra = torch.zeros(0, dtype=torch.long) if extra is None else extra
-    index = torch.cat([crop.indices(), extra.cpu()]).to(ws.device)
-    origins, directions = _rays(G, camera_label, crop.resolution)
+    index = torch.cat([crop.indices() for crop in crops] + [extra.cpu()]).to(ws.device)
+    origins, directions = _rays(G, camera_label, resolution)
     origins, directions = origins[:, index], directions[:, index]
     options = G._rendering_options(backbone_samples)  # the checkpoint's, or these sample counts
     rendered = G.renderer(identity.planes, G.decoder, origins, directions, options, deterministic=True,
@@ -226,18 +257,20 @@ def render_part(G, ws: torch.Tensor, camera_label: torch.Tensor, crop: Crop, ext
                           max_rays_per_chunk=CPU_RAY_CHUNK if identity.planes.device.type == "cpu" else None)
     rgb = rendered["features"][..., :3].transpose(1, 2)  # (1, 3, M) in [-1, 1], EG3D's composite on black
     shown = composite_on_grey(rgb, rendered["weights_total"].transpose(1, 2)) * 2 - 1 if learnt_on_grey(G) else rgb
-    pixels = crop.size ** 2
-    image = shown[..., :pixels].reshape(1, 3, crop.size, crop.size)
-    if branch is None:
-        return PartRender(image, None, shown[..., pixels:])
-    square = slice(0, pixels)
-    samples = {key: rendered[key][:, square] for key in ("depths", "weights", "sigma")}
-    raw = rgb[..., :pixels].reshape(1, 3, crop.size, crop.size)  # what the branch sees: the backbone's own image
-    view = View(raw, raw, raw, rendered["depth"][:, square].transpose(1, 2).reshape(1, 1, crop.size, crop.size),
-                samples)
-    logits = _semantic_logits(G, branch, identity, view, origins[:, square], directions[:, square], crop.size,
-                              crop.size, samples_per_ray)
-    return PartRender(image, logits, shown[..., pixels:])
+    semantic_planes = branch.triplane(identity.block_features) if branch is not None else None  # attached
+    images, logits, first = [], [], 0
+    for crop in crops:
+        square, size = slice(first, first + crop.size ** 2), crop.size
+        first = square.stop
+        images.append(shown[..., square].reshape(1, 3, size, size))
+        if branch is None:
+            continue
+        samples = {key: rendered[key][:, square] for key in ("depths", "weights", "sigma")}
+        raw = rgb[..., square].reshape(1, 3, size, size)  # what the branch sees: the backbone's own image
+        view = View(raw, raw, raw, rendered["depth"][:, square].transpose(1, 2).reshape(1, 1, size, size), samples)
+        logits.append(_semantic_logits(G, branch, semantic_planes, view, origins[:, square], directions[:, square],
+                                       size, size, samples_per_ray))
+    return PartRender(images, logits if branch is not None else None, shown[..., first:])
 
 
 def supports_parts(G, resolution: int) -> bool:

@@ -215,14 +215,14 @@ def _learning_rate(settings: EditSettings, step: int) -> float:
 class _EditObjective:
     """The §5.4 loss on the grid of settings.resolution² rays, against targets prepared once.
 
-    Each step renders only part of the view (`render_part`): every ray of a square crop around r
-    (RGB and labels) and `outside_rays` rays drawn at random outside the crop (RGB only). The
-    terms estimate those of the whole view: the cross-entropy's whole-view mean counts the crop
-    (outside it the labels are to stay as they are and the RGB terms hold them), the MSE sums the
-    crop's pixels outside r and the drawn rays scaled up to all rays outside the crop, and the
-    perceptual loss compares the crop (outside r) and is weighted by the crop's share of the view.
-    With the whole view as the crop all three equal the full render's loss (tested). Backbones
-    that super-resolve are rendered whole.
+    Each step renders only part of the view (`render_part`): every ray of the squares around r
+    (one per separate part of r; RGB and labels) and `outside_rays` rays drawn at random outside
+    them (RGB only). The terms estimate those of the whole view: the cross-entropy's whole-view
+    mean counts the crops (outside them the labels are to stay as they are and the RGB terms hold
+    them), the MSE sums the crops' pixels outside r and the drawn rays scaled up to all rays
+    outside the crops, and the perceptual loss compares each crop (outside r) weighted by its
+    share of the view. With the whole view as the crop all three equal the full render's loss
+    (tested). Backbones that super-resolve are rendered whole.
     """
 
     def __init__(self, G, branch, start_ws, yaw, pitch, edited, region, labels_before, settings: EditSettings,
@@ -240,77 +240,68 @@ class _EditObjective:
             F.interpolate(region, size=(size, size), mode="nearest")
         self.parts = supports_parts(G, size)
         if self.parts and settings.crop_margin is not None:
-            self.crop = Crop.around(inside[0, 0].numpy() > 0, settings.crop_margin)
+            self.crops = Crop.each_around(inside[0, 0].numpy() > 0, settings.crop_margin)
         else:
-            self.crop = Crop.whole(size)
-        rows, columns = self.crop.slices
-        self.target, self.inside = target[:, rows, columns], inside[..., rows, columns]
-        self.outside = 1 - self.inside
+            self.crops = [Crop.whole(size)]
+        self.targets = [target[:, crop.slices[0], crop.slices[1]] for crop in self.crops]
+        self.inside = [inside[..., crop.slices[0], crop.slices[1]] for crop in self.crops]
+        self.region_pixels = max(float(sum(part.sum() for part in self.inside)), 1.0)
         self.view_pixels = size * size
         self.outside_pixels = float((1 - inside).sum())
-        self.counted = torch.from_numpy(self._counted())[None, None]
-        crop_rays = torch.zeros(self.view_pixels, dtype=torch.bool)
-        crop_rays[self.crop.indices()] = True
-        self.beyond_crop = torch.nonzero(~crop_rays).squeeze(1)  # the rays the MSE term samples from
+        self.counted = [torch.from_numpy(_uncut(crop))[None, None] for crop in self.crops]
+        in_crops = torch.zeros(self.view_pixels, dtype=torch.bool)
+        for crop in self.crops:
+            in_crops[crop.indices()] = True
+        self.beyond_crops = torch.nonzero(~in_crops).squeeze(1)  # the rays the MSE term samples from
         self.backbone_samples = optimisation_samples(G, settings)
         with torch.no_grad():  # same renderer, same rays and samples: exact at the start
             if self.parts:
                 original = render_part(G, start_ws, self.camera, Crop.whole(size),
-                                       backbone_samples=self.backbone_samples).image
+                                       backbone_samples=self.backbone_samples).images[0]
             else:
                 original = render(G, start_ws, self.camera, size, backbone_samples=self.backbone_samples).image
         self.original_view = original
-        self.original = original[..., rows, columns]
+        self.originals = [original[..., crop.slices[0], crop.slices[1]] for crop in self.crops]
         self.original_rays = original.reshape(1, 3, -1)
 
-    def _counted(self) -> np.ndarray:
-        """(s, s) float: crop pixels whose logits equal a full render's (the semantic
-        super-resolution sees past the crop's inner edges), counted in the whole-view CE."""
-        crop, border = self.crop, SEMANTIC_BORDER
-        counted = np.ones((crop.size, crop.size), np.float32)
-        if crop.top > 0:
-            counted[:border] = 0
-        if crop.left > 0:
-            counted[:, :border] = 0
-        if crop.top + crop.size < crop.resolution:
-            counted[crop.size - border:] = 0
-        if crop.left + crop.size < crop.resolution:
-            counted[:, crop.size - border:] = 0
-        return counted
-
     def outside_rays(self, step: int) -> torch.Tensor:
-        """The rays outside the crop sampled at `step` (all of them when there are few)."""
-        count = min(self.settings.outside_rays, len(self.beyond_crop)) if self.parts else 0
-        if count == len(self.beyond_crop):
-            return self.beyond_crop
+        """The rays outside the crops sampled at `step` (all of them when there are few)."""
+        count = min(self.settings.outside_rays, len(self.beyond_crops)) if self.parts else 0
+        if count == len(self.beyond_crops):
+            return self.beyond_crops
         generator = torch.Generator().manual_seed(step)
-        return self.beyond_crop[torch.randperm(len(self.beyond_crop), generator=generator)[:count]].sort().values
+        return self.beyond_crops[torch.randperm(len(self.beyond_crops), generator=generator)[:count]].sort().values
 
     def render(self, ws: torch.Tensor, step: int, rays: torch.Tensor | None = None) -> "_StepRender":
         settings = self.settings
         if not self.parts:
             whole = render(self.G, ws, self.camera, settings.resolution, self.branch, settings.semantic_samples,
                            self.backbone_samples)
-            part = PartRender(whole.image, whole.logits, whole.image.new_zeros(1, 3, 0))
-            return _StepRender(part, self.beyond_crop[:0])
+            part = PartRender([whole.image], [whole.logits], whole.image.new_zeros(1, 3, 0))
+            return _StepRender(part, self.beyond_crops[:0])
         rays = self.outside_rays(step) if rays is None else rays
-        part = render_part(self.G, ws, self.camera, self.crop, rays, self.branch, self.backbone_samples,
+        part = render_part(self.G, ws, self.camera, self.crops, rays, self.branch, self.backbone_samples,
                            settings.semantic_samples)
         return _StepRender(part, rays)
 
     def __call__(self, rendered: "_StepRender"):
         part, rays, settings = rendered.part, rendered.rays, self.settings
-        pixel_ce = F.cross_entropy(part.logits, self.target, reduction="none")[:, None]
-        ce = (pixel_ce * self.counted).sum() / self.view_pixels
+        ce = region_ce = squared = perceptual = 0.0
+        for crop, image, logits, target, inside, counted, original in zip(
+                self.crops, part.images, part.logits, self.targets, self.inside, self.counted, self.originals):
+            pixel_ce = F.cross_entropy(logits, target, reduction="none")[:, None]
+            ce = ce + (pixel_ce * counted).sum() / self.view_pixels
+            region_ce = region_ce + (pixel_ce * inside).sum() / self.region_pixels
+            outside = 1 - inside
+            squared = squared + ((image - original) ** 2 * outside).sum()
+            share = crop.size ** 2 / self.view_pixels
+            perceptual = perceptual + share * self.perceptual(image * outside, original * outside)
         if settings.region_weight:
-            ce = ce + settings.region_weight * (pixel_ce * self.inside).sum() / self.inside.sum().clamp_min(1)
-        squared = ((part.image - self.original) ** 2 * self.outside).sum()
+            ce = ce + settings.region_weight * region_ce
         if len(rays):
-            scale = len(self.beyond_crop) / len(rays)
+            scale = len(self.beyond_crops) / len(rays)
             squared = squared + scale * (part.extra - self.original_rays[..., rays]).pow(2).sum()
         mse = squared / max(3 * self.outside_pixels, 1)
-        share = self.crop.size ** 2 / self.view_pixels
-        perceptual = share * self.perceptual(part.image * self.outside, self.original * self.outside)
         loss = ce + settings.rgb_weight * mse + settings.perceptual_weight * perceptual
         return loss, {"cross_entropy": ce.item(), "mse_outside": mse.item(), "perceptual_outside": perceptual.item()}
 
@@ -319,18 +310,31 @@ class _EditObjective:
         return float(self(self.render(ws, step))[0])
 
     def preview(self, rendered: "_StepRender") -> tuple[np.ndarray, np.ndarray]:
-        """(RGB, labels) of the view at the optimisation resolution: the crop's current render
+        """(RGB, labels) of the view at the optimisation resolution: the crops' current renders
         pasted into the view before the edit."""
-        part = rendered.part
-        rows, columns = self.crop.slices
-        rgb = self.original_view.detach().clone()
-        rgb[..., rows, columns] = part.image.detach()
-        labels = self.labels_before.copy()
-        labels[rows, columns] = part.logits.detach().argmax(1)[0].to(torch.uint8).numpy()
+        rgb, labels = self.original_view.detach().clone(), self.labels_before.copy()
+        for crop, image, logits in zip(self.crops, rendered.part.images, rendered.part.logits):
+            rgb[..., crop.slices[0], crop.slices[1]] = image.detach()
+            labels[crop.slices] = logits.detach().argmax(1)[0].to(torch.uint8).numpy()
         return to_uint8(rgb), labels
+
+
+def _uncut(crop: Crop) -> np.ndarray:
+    """(s, s) float: the crop's pixels whose logits equal a full render's (the semantic
+    super-resolution sees past the crop's inner edges), counted in the whole-view CE."""
+    border, uncut = SEMANTIC_BORDER, np.ones((crop.size, crop.size), np.float32)
+    if crop.top > 0:
+        uncut[:border] = 0
+    if crop.left > 0:
+        uncut[:, :border] = 0
+    if crop.top + crop.size < crop.resolution:
+        uncut[crop.size - border:] = 0
+    if crop.left + crop.size < crop.resolution:
+        uncut[:, crop.size - border:] = 0
+    return uncut
 
 
 @dataclass
 class _StepRender:
     part: PartRender
-    rays: torch.Tensor  # the rays outside the crop in part.extra
+    rays: torch.Tensor  # the rays outside the crops in part.extra
