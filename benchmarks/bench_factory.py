@@ -120,10 +120,17 @@ def end_to_end(branch, identities: int, views: int, size: int, workers: int) -> 
             request = GenerateRequest(project=folder / "project", out=folder / f"out{int(pointclouds)}",
                                       identities=identities, views=views, size=size, pointclouds=pointclouds,
                                       branch=branch_file, device="cpu", workers=workers)
-            result, wall, cpu = timed(lambda: generate_dataset(request))
+            ticks = []  # (time, samples done) at each finished identity
+            result, wall, cpu = timed(lambda: generate_dataset(
+                request, lambda state: ticks.append((time.perf_counter(), state.samples_done))))
             samples = result.samples_written
+            # Steady rate: from the first finished identity to the last (leaves out loading the
+            # models and starting the workers, which a long run pays once).
+            (t0, s0), (t1, s1) = ticks[1], ticks[-1]
+            steady = (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
             print(f"   {'with' if pointclouds else 'without'} point clouds: {samples / wall:6.2f} samples/s "
-                  f"({wall / samples:.3f} s wall, {cpu / samples:.3f} s CPU per sample; {load()})")
+                  f"({wall / samples:.3f} s wall, {cpu / samples:.3f} s CPU per sample), steady {steady:.2f} samples/s; "
+                  f"{load()}")
 
 
 def main() -> None:
