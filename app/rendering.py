@@ -16,7 +16,7 @@ from core.camera import DEFAULT_FOV_DEG, Camera
 from core.generator.culling import occupancy_grid, render_culled
 from core.factory.pointcloud import PointCloud, fuse_identity_views
 from core.factory.views import ALPHA_THRESHOLD
-from core.fitting.trainer import composite_on_grey, learnt_on_grey
+from core.fitting.trainer import image_as_shown, learnt_on_grey
 from core.imaging import depth_to_uint8, rgb_to_uint8
 from core.semantic import labels_for_view
 
@@ -108,11 +108,7 @@ def render_frame(backbone, request: ViewRequest, request_id: int = 0, coarse: bo
         else:
             view = backbone.render(identity, camera, request.neural_resolution, deterministic=True,
                                    return_samples=want_labels or grey, samples_per_ray=request.samples_per_ray)
-        image = view.image
-        if grey:
-            alpha = view.samples["weights"].sum(2)  # (N, h*w, 1): the ray's opacity
-            alpha = alpha.reshape(alpha.shape[0], 1, *view.image.shape[-2:])
-            image = composite_on_grey(image, alpha) * 2 - 1
+        image = image_as_shown(backbone.generator, view)
         labels = None
         if want_labels:
             labels = _labels(branch, backbone, identity, camera, view)

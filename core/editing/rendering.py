@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from core.camera import DEFAULT_FOV_DEG, fov_to_intrinsics
-from core.fitting.trainer import composite_on_grey, learnt_on_grey
+from core.fitting.trainer import composite_on_grey, image_as_shown, learnt_on_grey
 from core.generator.triplane import CPU_RAY_CHUNK, View
 from core.semantic.rendering import (SAMPLES_PER_RAY, DenseSamples, ViewPrior, _rays, prior_samples,
                                      render_semantic)
@@ -87,14 +87,9 @@ def render(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: int, bra
     identity = G.synthesize(ws)
     neural = min(int(resolution), int(G.neural_rendering_resolution))
     camera_label = camera_label.to(ws.device)
-    grey = learnt_on_grey(G)
-    view = G.render(identity, camera_label, neural, deterministic=True, return_samples=branch is not None or grey,
-                    samples_per_ray=backbone_samples)
-    image = view.image
-    if grey:
-        alpha = view.samples["weights"].sum(2).reshape(image.shape[0], 1, *image.shape[-2:])  # the rays' opacity
-        image = composite_on_grey(image, alpha) * 2 - 1
-    image = _resized(image, resolution)
+    view = G.render(identity, camera_label, neural, deterministic=True,
+                    return_samples=branch is not None or learnt_on_grey(G), samples_per_ray=backbone_samples)
+    image = _resized(image_as_shown(G, view), resolution)
     if branch is None:
         return Render(image, None)
     origins, directions = _rays(G, camera_label, neural)
@@ -106,8 +101,8 @@ def render(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: int, bra
 @torch.no_grad()
 def render_still(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: int, branch=None) -> Render:
     """`render` without autograd, for results and previews: on a CPU, empty space is skipped as the
-    factory and the studio's frames skip it (core.generator.culling: colour within 0.1/255 of
-    the full render's, the same labels), which makes a 128² view about a third cheaper."""
+    factory and the studio's frames skip it (core.generator.culling says what may differ from the
+    full render), which makes a 128² view about a third cheaper, its occupancy grid included."""
     if ws.device.type != "cpu":
         return render(G, ws, camera_label, resolution, branch)
     from core.generator.culling import occupancy_grid, render_culled
@@ -117,11 +112,7 @@ def render_still(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: in
     neural = min(int(resolution), int(G.neural_rendering_resolution))
     camera_label = camera_label.to(ws.device)
     view, _ = render_culled(G, identity, camera_label, neural, occupancy_grid(G, identity))
-    image = view.image
-    if learnt_on_grey(G):
-        alpha = view.samples["weights"].sum(2).reshape(image.shape[0], 1, *image.shape[-2:])
-        image = composite_on_grey(image, alpha) * 2 - 1
-    image = _resized(image, resolution)
+    image = _resized(image_as_shown(G, view), resolution)
     if branch is None:
         return Render(image, None)
     return Render(image, labels_for_view(branch, G, identity, camera_label, resolution, view=view).logits)

@@ -4,10 +4,9 @@ This is the factory's unit of work (and the point-cloud view's). The synthesis n
 semantic tri-plane run once per identity; the views are rendered together, batched, from the
 cached planes, and the semantic branch reuses each backbone render through its density-prior
 path (`labels_for_view(..., view=...)`): the branch only decodes a few points per visible ray and
-runs its super-resolution, it never renders a view of its own. With `skip_empty_space` (the
-default on a CPU) the backbone renders through `core.generator.culling`: the identity's density is measured
-once on a grid and the views decode only samples where there is density (the same renders to
-within 4e-4 in opacity; culling.py says how).
+runs its super-resolution, it never renders a view of its own. On a CPU the backbone renders
+through `core.generator.culling`: the identity's density is measured once on a grid and the views
+decode only samples where there is density (culling.py says how, and what may differ).
 
 Everything comes back at the label resolution `resolution`:
 * rgb: the backbone's final image, resized (area) when its size differs;
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.generator.culling import occupancy_grid, render_culled
+from core.generator.culling import render_with_samples, skipping_grid
 from core.generator.triplane import Identity
 from core.semantic.branch import SemanticBranch, SemanticIdentity
 from core.semantic.rendering import labels_for_view, neural_resolution_for
@@ -72,26 +71,20 @@ def render_identity_views(
     camera_labels,
     resolution: int,
     view_batch: int = DEFAULT_VIEW_BATCH,
-    skip_empty_space: bool | None = None,
 ) -> IdentityViews:
     """Render every camera (V, 25) of one identity; see the module docstring for what comes back."""
     camera_labels = torch.as_tensor(np.asarray(camera_labels, np.float32)).reshape(-1, 25)
     device = identity.planes.device
     semantic = branch.semantic_identity(identity)  # cached: once per identity
     neural_resolution = neural_resolution_for(generator, resolution)
-    if skip_empty_space is None:  # measured on CPUs only; a GPU renders the plain batch in one pass
-        skip_empty_space = device.type == "cpu"
-    occupancy = occupancy_grid(generator, identity) if skip_empty_space else None
+    occupancy = skipping_grid(generator, identity)
     parts = []
     for first in range(0, len(camera_labels), max(1, int(view_batch))):
         cameras = camera_labels[first:first + view_batch].to(device)
         count = len(cameras)
         batch_identity = expand_identity(identity, count)
         batch_semantic = SemanticIdentity(batch_identity, semantic.planes.expand(count, -1, -1, -1, -1))
-        if occupancy is not None:
-            view, _ = render_culled(generator, batch_identity, cameras, neural_resolution, occupancy)
-        else:
-            view = generator.render(batch_identity, cameras, neural_resolution, deterministic=True, return_samples=True)
+        view = render_with_samples(generator, batch_identity, cameras, neural_resolution, occupancy)
         labelled = labels_for_view(branch, generator, batch_semantic, cameras, resolution, view=view)
         alpha = view.samples["weights"].sum(2).reshape(count, 1, neural_resolution, neural_resolution)
         depth, alpha = _upsample_depth(view.depth, alpha, resolution)

@@ -173,6 +173,15 @@ def learnt_on_grey(G) -> bool:
     return G.superresolution is None
 
 
+def image_as_shown(G, view) -> torch.Tensor:
+    """The view's image in [-1, 1] as the studio shows and compares it: composited on the grey
+    for its own fits (the view needs its samples), EG3D's own composite for other backbones."""
+    if not learnt_on_grey(G):
+        return view.image
+    alpha = view.samples["weights"].sum(2).reshape(view.image.shape[0], 1, *view.image.shape[-2:])  # rays' opacity
+    return composite_on_grey(view.image, alpha) * 2 - 1
+
+
 def fit_losses(prediction: dict, batch: RayBatch, settings: FitSettings) -> dict:
     foreground = batch.alpha > 0.5
     rgb = torch.mean((prediction["rgb"] - batch.rgb) ** 2)

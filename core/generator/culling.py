@@ -210,6 +210,22 @@ class CulledRenderer(ImportanceRenderer):
         return {"rgb": rgb, "sigma": sigma}
 
 
+def skipping_grid(generator, identity: Identity, resolution: int | None = None) -> Occupancy | None:
+    """The identity's occupancy grid where skipping empty space is measured to pay (on a CPU);
+    None on a GPU, which renders the plain batch in one pass."""
+    return occupancy_grid(generator, identity, resolution) if identity.planes.device.type == "cpu" else None
+
+
+@torch.no_grad()
+def render_with_samples(generator, identity: Identity, camera_labels: torch.Tensor, resolution: int,
+                        occupancy: Occupancy | None) -> View:
+    """`generator.render(identity, cameras, resolution, deterministic=True, return_samples=True)`,
+    with empty space skipped when the identity's occupancy grid is given (see `skipping_grid`)."""
+    if occupancy is None:
+        return generator.render(identity, camera_labels, resolution, deterministic=True, return_samples=True)
+    return render_culled(generator, identity, camera_labels, resolution, occupancy)[0]
+
+
 @torch.no_grad()
 def render_culled(generator, identity: Identity, camera_labels: torch.Tensor, resolution: int,
                   occupancy: Occupancy, max_rays_per_chunk: int | None = None,

@@ -92,16 +92,13 @@ class BranchLabeller:
 
     @torch.no_grad()
     def _render(self, seed: int, camera: Camera):
-        from core.generator.culling import occupancy_grid, render_culled
+        from core.generator.culling import render_with_samples, skipping_grid
 
         generator = self.backbone.generator
         identity = self.backbone.identity_from_seed(seed)  # truncation 1, as annotate-sim stores
-        cameras = camera.label()[None].to(self.backbone.device)
-        if identity.planes.device.type == "cpu":  # empty space skipped, as the factory and the studio render
-            occupancy = self.occupancy.get(seed, lambda: occupancy_grid(generator, identity))
-            view, _ = render_culled(generator, identity, cameras, self.neural_resolution, occupancy)
-        else:
-            view = generator.render(identity, cameras, self.neural_resolution, deterministic=True, return_samples=True)
+        occupancy = self.occupancy.get(seed, lambda: skipping_grid(generator, identity))  # as the factory renders
+        view = render_with_samples(generator, identity, camera.label()[None].to(self.backbone.device),
+                                   self.neural_resolution, occupancy)
         return identity, view, surface_depth(view, self.resolution)
 
     @torch.no_grad()

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from core.backbone import EG3D_DEFAULT_TRUNCATION_CUTOFF
 from core.checkpoint.errors import CorruptCheckpointError
-from core.generator.culling import occupancy_grid, render_culled
+from core.generator.culling import render_with_samples, skipping_grid
 from core.semantic.branch import SemanticBranch
 from core.semantic.checkpoint import (
     checkpoint_name,
@@ -308,7 +308,7 @@ def prepare_views(branch, backbone, samples, settings: TrainingSettings, report=
         identity_features[key] = {res: x.float() for res, x in identity.block_features.items()}
         # On a CPU the identity's views render with empty space skipped (2-3x less work, the same
         # samples within culling.py's tolerances), as the factory and the studio render them.
-        occupancy = occupancy_grid(backbone.generator, identity) if identity.planes.device.type == "cpu" else None
+        occupancy = skipping_grid(backbone.generator, identity)
         for index in indices:
             item, mask = annotated[index], masks[index]
             if not bool((mask != IGNORE_LABEL).any()):
@@ -317,9 +317,7 @@ def prepare_views(branch, backbone, samples, settings: TrainingSettings, report=
                 continue
             neural_resolution = neural_resolution_for(backbone.generator, mask.shape[-1])
             camera = _camera(item).to(backbone.device)[None]
-            view = None
-            if occupancy is not None:
-                view, _ = render_culled(backbone.generator, identity, camera, neural_resolution, occupancy)
+            view = render_with_samples(backbone.generator, identity, camera, neural_resolution, occupancy)
             prior, _ = view_prior(backbone.generator, identity, camera, neural_resolution,
                                   branch.density_prior, settings.min_sample_weight, view=view,
                                   samples_per_ray=settings.samples_per_ray)
