@@ -10,13 +10,15 @@ from core.editing.semantic_edit import EditSettings
 
 # ---------------------------------------------------------------------------- shared
 def _add_common(p, steps_default: int, resolution_default: int) -> None:
+    from core.cli import add_threads_argument
+
     p.add_argument("--steps", type=int, default=steps_default, help=f"optimisation steps (default {steps_default})")
     p.add_argument("--resolution", type=int, default=resolution_default,
                    help=f"render size while optimising (default {resolution_default}; outputs are at the backbone's size)")
     p.add_argument("--vgg", type=Path, metavar="FILE",
                    help="torchvision-format VGG16 ImageNet weights (.pth or .safetensors) for an LPIPS-style perceptual "
                         "loss; without it an offline multi-scale SSIM + gradient loss is used")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    add_threads_argument(p)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 
 
@@ -45,13 +47,6 @@ def _open_project(folder: Path, need_branch: bool, device: str):
     except (CheckpointError, ValueError) as error:
         raise UserError(str(error)) from error
     return backbone, branch.eval().requires_grad_(False), palette
-
-
-def _threads(args) -> None:
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
 
 class _Bar:
@@ -101,13 +96,13 @@ def invert_parser(sub) -> None:
 
 
 def _invert(args) -> None:
-    from core.cli import UserError
+    from core.cli import UserError, use_threads
     from core.editing.inputs import EditingInputError, read_image, read_label_map
     from core.editing.inversion import InversionSettings, invert_image, invert_labels
     from core.editing.perceptual import PerceptualWeightsError, perceptual_loss
     from core.editing.store import save_inversion
 
-    _threads(args)
+    use_threads(args.threads)
     _check_out(args.out, args.overwrite)
     backbone, branch, palette = _open_project(args.project, need_branch=args.mask is not None, device=args.device)
     G = backbone.generator
@@ -163,13 +158,13 @@ def edit_parser(sub) -> None:
 
 
 def _edit(args) -> None:
-    from core.cli import UserError
+    from core.cli import UserError, use_threads
     from core.editing.inputs import EditingInputError, read_label_map
     from core.editing.perceptual import PerceptualWeightsError
     from core.editing.semantic_edit import edit_identity
     from core.editing.store import read_latent, read_pose, save_edit
 
-    _threads(args)
+    use_threads(args.threads)
     _check_out(args.out, args.overwrite)
     backbone, branch, palette = _open_project(args.project, need_branch=True, device=args.device)
     G = backbone.generator
@@ -224,12 +219,12 @@ def add_edit_evaluation(what) -> None:
 def _evaluate_edit(args) -> None:
     from tqdm import tqdm
 
-    from core.cli import UserError
+    from core.cli import UserError, use_threads
     from core.editing.evaluate import evaluate_edits, evaluate_inversions
     from core.editing.inversion import InversionSettings
     from core.editing.perceptual import PerceptualWeightsError
 
-    _threads(args)
+    use_threads(args.threads)
     if args.identities < 0 or args.inversions < 0 or args.identities + args.inversions == 0:
         raise UserError("--identities and --inversions must be at least 0, and not both 0")
     backbone, branch, _ = _open_project(args.project, need_branch=True, device=args.device)
