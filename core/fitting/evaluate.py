@@ -8,13 +8,12 @@ embedded default), deterministic rendering, no truncation.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from core.fitting.data import camera_for, view_rays
 from core.fitting.trainer import HEAD_RADIUS, render_rays, synthesize_identity
+from core.metrics import psnr
 from core.procedural import HeadParams, ProceduralHead, latent_for_seed, seeds_for
 
 # (yaw, pitch) in degrees; positive yaw moves the camera to +x (the head's left).
@@ -62,12 +61,11 @@ def procedural_view(seed: int, yaw: float, pitch: float, resolution: int, z_dim:
 
 def compare_view(predicted: dict, target: dict) -> dict:
     """Per-image figures: PSNR of rgb, IoU of silhouettes, depth error sum/count on shared pixels."""
-    mse = float(np.mean((predicted["rgb"] - target["rgb"]) ** 2))
     mine, theirs = predicted["alpha"] > FOREGROUND_ALPHA, target["alpha"] > FOREGROUND_ALPHA
     union = np.logical_or(mine, theirs).sum()
     both = np.logical_and(mine, theirs)
     depth_gap = np.abs(predicted["depth"][both] - target["depth"][both])
-    return {"psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
+    return {"psnr": psnr(predicted["rgb"], target["rgb"]),
             "iou": float(both.sum() / union) if union else 1.0,
             "depth_sum": float(depth_gap.sum()), "depth_count": int(both.sum())}
 
