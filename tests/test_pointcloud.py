@@ -95,6 +95,32 @@ def test_fused_cloud_of_a_generator(tiny):
     assert 0 < len(coarse) < len(everything)
 
 
+def test_point_labels_come_from_the_semantic_field_or_the_pixels(tiny):
+    from core.factory.pointcloud import fuse_views
+    from core.factory.views import render_identity_views
+
+    backbone, branch = tiny
+    identity = backbone.identity_from_seed(5)
+    cameras = np.stack([head_camera(yaw).label().numpy() for yaw in (-30, 20)])
+    views = render_identity_views(backbone.generator, branch, identity, cameras, RES)
+    field = fuse_views(views, alpha_threshold=0.0)
+    pixels = fuse_views(views, alpha_threshold=0.0, point_labels="pixels")
+    assert np.array_equal(field.points, pixels.points) and np.array_equal(field.colors, pixels.colors)
+    assert np.array_equal(pixels.labels, views.labels.reshape(-1))  # threshold 0: every pixel, row-major
+    # the field's label is the decoder's argmax at the point itself, whichever view it came from
+    semantic = branch.semantic_identity(identity)
+    with torch.no_grad():
+        logits = branch.query_points(semantic, torch.from_numpy(field.points)[None],
+                                     backbone.generator.rendering_kwargs["box_warp"])["logits"][0]
+    assert np.array_equal(field.labels, logits.argmax(-1).numpy())
+    assert np.array_equal(views.label_points(field.points[::-1]), field.labels[::-1])
+    with pytest.raises(ValueError, match="point_labels"):
+        fuse_views(views, point_labels="votes")
+    views.label_points = None
+    with pytest.raises(ValueError, match="semantic branch"):
+        fuse_views(views)
+
+
 def test_voxel_downsampling_keeps_the_majority_label_and_mean_position():
     points = np.array([[0.01, 0.01, 0.01], [0.02, 0.02, 0.02], [0.03, 0.01, 0.01], [0.51, 0.5, 0.5],
                        [0.52, 0.5, 0.5]], np.float32)

@@ -8,10 +8,18 @@ Each foreground pixel (opacity >= alpha_threshold) of each view becomes one poin
 origin + depth · direction, where depth is the renderer's expected ray depth: EG3D composites
 the sample depths along the *unit* ray direction (its RaySampler normalises the directions), so
 the depth is a distance from the camera centre, not a z value, and `core.camera.ray_bundle`
-gives exactly those rays. The point carries the pixel's RGB and its label from the semantic
-branch. Optional voxel down-sampling keeps one point per occupied voxel: the mean position and
-colour of its points and their majority label (ties go to the smaller id, so results are
-deterministic).
+gives exactly those rays. The point carries the pixel's RGB and a label from the semantic branch:
+
+* point_labels="field" (default): the branch's 3D semantic field at the point itself (its decoder,
+  the part the density prior puts on the backbone's surfaces). A surface point seen by several
+  views gets one label whichever view it came from, and no label edge of the 2D super-resolution
+  (which follows the image, not the surface) is carried onto the surface. On the shipped default
+  it labels 0.907 of the points right against 0.881 for the pixels' labels (docs/factory.md).
+* point_labels="pixels": the label of the pixel it was back-projected from (the paper's §3.3:
+  back-projected semantic masks, merged over the views).
+
+Optional voxel down-sampling keeps one point per occupied voxel: the mean position and colour of
+its points and their majority label (ties go to the smaller id, so results are deterministic).
 """
 from __future__ import annotations
 
@@ -71,20 +79,30 @@ def backproject(depth, camera_label, valid_mask) -> np.ndarray:
     return points.astype(np.float32)
 
 
+POINT_LABELS = ("field", "pixels")
+
+
 def fuse_views(views: IdentityViews, alpha_threshold: float = ALPHA_THRESHOLD,
-               voxel_size: float | None = None) -> PointCloud:
-    """One identity's cloud from its rendered views (already at the label resolution)."""
+               voxel_size: float | None = None, point_labels: str = "field") -> PointCloud:
+    """One identity's cloud from its rendered views (already at the label resolution); the module
+    docstring says what `point_labels` chooses."""
+    if point_labels not in POINT_LABELS:
+        raise ValueError(f"point_labels must be one of {', '.join(POINT_LABELS)}, got {point_labels!r}")
+    if point_labels == "field" and views.label_points is None:
+        raise ValueError("point_labels='field' needs views rendered with a semantic branch (IdentityViews.label_points)")
     clouds = []
     for index in range(len(views)):
         valid = (views.alpha[index] >= alpha_threshold) & np.isfinite(views.depth[index])
         clouds.append(PointCloud(backproject(views.depth[index], views.camera_labels[index], valid),
                                  views.rgb[index][valid], views.labels[index][valid]))
     cloud = PointCloud.concatenate(clouds)
+    if point_labels == "field" and len(cloud):
+        cloud.labels = views.label_points(cloud.points)
     return voxel_downsample(cloud, voxel_size) if voxel_size else cloud
 
 
 def fuse_identity_views(backbone, branch, identity, cameras, resolution: int = 128, voxel_size: float | None = None,
-                        alpha_threshold: float = ALPHA_THRESHOLD) -> PointCloud:
+                        alpha_threshold: float = ALPHA_THRESHOLD, point_labels: str = "field") -> PointCloud:
     """Render `cameras` (Camera objects or (V, 25) labels) of one identity and fuse them.
 
     `backbone` is a core.backbone.Backbone or a TriPlaneGenerator; `identity` an Identity of
@@ -97,7 +115,7 @@ def fuse_identity_views(backbone, branch, identity, cameras, resolution: int = 1
             raise TypeError("a seed as identity needs a core.backbone.Backbone, not a bare generator")
         identity = backbone.identity_from_seed(int(identity))
     views = render_identity_views(generator, branch, identity, camera_labels_of(cameras), resolution)
-    return fuse_views(views, alpha_threshold, voxel_size)
+    return fuse_views(views, alpha_threshold, voxel_size, point_labels)
 
 
 def camera_labels_of(cameras) -> np.ndarray:

@@ -12,14 +12,17 @@ Everything comes back at the label resolution `resolution`:
 * rgb: the backbone's final image, resized (area) when its size differs;
 * depth: the expected ray depth (distance from the camera centre along the *unit* ray
   direction, EG3D's `image_depth`), upsampled from the neural resolution;
-* alpha: the backbone's opacity (its interval weights' total), upsampled the same way.
+* alpha: the backbone's opacity (its interval weights' total), upsampled the same way;
+* label_points: labels of any world points from the branch's 3D semantic field of the identity
+  (its decoder at the points, no rendering): what the point clouds label their points with.
 Depth is upsampled *weighted by opacity* (bilinear of depth·alpha over bilinear of alpha): a
 plain bilinear upsampling would blend a silhouette pixel's surface depth with the far plane
 that empty rays are clamped to, and put points in mid-air between the head and the background.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,6 +39,8 @@ from core.semantic.rendering import labels_for_view, neural_resolution_for
 DEFAULT_VIEW_BATCH = 8
 # Below this opacity a (label-resolution) pixel is background: no depth, no point.
 ALPHA_THRESHOLD = 0.5
+# Points the semantic decoder labels at a time (bounds the hidden activations' memory).
+POINT_CHUNK = 65_536
 
 
 @dataclass
@@ -47,9 +52,28 @@ class IdentityViews:
     labels: np.ndarray  # (V, H, W) uint8 class ids
     depth: np.ndarray  # (V, H, W) float32 expected ray depth (meaningless where alpha is ~0)
     alpha: np.ndarray  # (V, H, W) float32 opacity in [0, 1]
+    # world points (N, 3) -> (N,) uint8 class ids from the branch's 3D semantic field (None: no branch)
+    label_points: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.camera_labels)
+
+
+def field_labeller(branch: SemanticBranch, semantic: SemanticIdentity, box_warp: float):
+    """Labels (N,) uint8 of world points (N, 3) from one identity's semantic field: the decoder's
+    class logits at the points themselves, the same at a point whichever view it came from."""
+    if len(semantic) != 1:
+        raise ValueError(f"expected one identity, got a batch of {len(semantic)}")
+    device = semantic.planes.device
+
+    @torch.no_grad()
+    def label_points(points) -> np.ndarray:
+        points = torch.from_numpy(np.ascontiguousarray(points, np.float32)).reshape(-1, 3)
+        labels = [branch.query_points(semantic, chunk.to(device)[None], box_warp)["logits"][0].argmax(-1)
+                  for chunk in points.split(POINT_CHUNK)]
+        return torch.cat(labels).to(torch.uint8).cpu().numpy() if labels else np.zeros(0, np.uint8)
+
+    return label_points
 
 
 def expand_identity(identity: Identity, count: int) -> Identity:
@@ -91,7 +115,8 @@ def render_identity_views(
         parts.append((_rgb_uint8(view.image, resolution), labelled.labels.to(torch.uint8).cpu().numpy(),
                       depth[:, 0].cpu().numpy(), alpha[:, 0].cpu().numpy()))
     rgb, labels, depth, alpha = (np.concatenate(arrays) for arrays in zip(*parts))
-    return IdentityViews(camera_labels.numpy(), rgb, labels, depth.astype(np.float32), alpha.astype(np.float32))
+    return IdentityViews(camera_labels.numpy(), rgb, labels, depth.astype(np.float32), alpha.astype(np.float32),
+                         field_labeller(branch, semantic, generator.rendering_kwargs["box_warp"]))
 
 
 def _upsample_depth(depth: torch.Tensor, alpha: torch.Tensor, resolution: int):
