@@ -242,6 +242,24 @@ def test_a_part_of_a_view_renders_as_the_full_view_does_on_its_rays(G, branch):
     assert torch.allclose(both.images[0], full.image[..., :2, :2], atol=1e-5)
 
 
+def test_still_renders_of_a_latent_share_its_occupancy_grid(monkeypatch):
+    import core.generator.culling as culling
+
+    G = TriPlaneGenerator.from_config(tiny_fit_config(plane_resolution=32, neural_resolution=RES), 1)  # its own
+    built, build = [], culling.occupancy_grid
+    monkeypatch.setattr(culling, "occupancy_grid", lambda *args, **kwargs: built.append(1) or build(*args, **kwargs))
+    rig, ws, other = CameraRig.of(G), ws_of(G, 5), ws_of(G, 6)
+    views = [render_still(G, ws, rig.label(torch.tensor(yaw), torch.tensor(0.0)), RES).image for yaw in (-30.0, 30.0)]
+    assert len(built) == 1  # one grid for both views
+    render_still(G, other, rig.label(torch.tensor(0.0), torch.tensor(0.0)), RES)
+    again = render_still(G, ws, rig.label(torch.tensor(-30.0), torch.tensor(0.0)), RES).image
+    assert len(built) == 2 and torch.equal(again, views[0])
+    with torch.no_grad():  # a generator changed in place gets a new grid
+        next(G.parameters()).mul_(1.01)
+    render_still(G, ws, rig.label(torch.tensor(-30.0), torch.tensor(0.0)), RES)
+    assert len(built) == 3
+
+
 def test_a_crop_holds_the_region_with_its_margin_inside_the_view():
     region = np.zeros((32, 32), bool)
     region[5:9, 20:30] = True
@@ -285,8 +303,8 @@ def test_the_edit_loss_on_part_of_the_view_equals_the_full_views_when_every_ray_
     region = region_of_interest(before[1], edited, edited_label_ids(before[1], edited), 1)
     ce, mse, perceptual = full_view_loss(G, branch, moved, edited, region, EditSettings())
 
-    def objective(**options):
-        settings = EditSettings(resolution=RES, backbone_samples=None, **options)
+    def objective(**options):  # the paper's loss plus the plain CE inside r (full_view_loss's)
+        settings = EditSettings(resolution=RES, backbone_samples=None, label_balance=0.0, lovasz_weight=0.0, **options)
         return _EditObjective(G, branch, start, 0.0, 0.0, edited, region, before[1], settings, StructuralLoss())
 
     whole = objective(crop_margin=RES)  # the crop is the whole view
@@ -306,6 +324,34 @@ def test_the_edit_loss_on_part_of_the_view_equals_the_full_views_when_every_ray_
     sparse = objective(crop_margin=1, outside_rays=20)
     assert torch.equal(sparse.outside_rays(3), sparse.outside_rays(3))
     assert not torch.equal(sparse.outside_rays(3), sparse.outside_rays(4)) and len(sparse.outside_rays(3)) == 20
+
+
+def test_the_labels_inside_r_are_weighed_alike_and_the_lovasz_term_is_one_minus_their_mean_iou(G, branch):
+    start = ws_of(G, 3)
+    before = render_view(G, branch, start, 0.0, 0.0, RES)
+    edited = paint_square(before[1], int(np.argmin(np.bincount(before[1].ravel(), minlength=NUM_CLASSES))), 5, 6, 4)
+    region = region_of_interest(before[1], edited, edited_label_ids(before[1], edited), 1)
+
+    def objective(balance):
+        settings = EditSettings(resolution=RES, backbone_samples=None, crop_margin=RES, label_balance=balance)
+        return _EditObjective(G, branch, start, 0.0, 0.0, edited, region, before[1], settings, StructuralLoss())
+
+    inside = region.astype(bool)
+    labels = np.unique(edited[inside])
+    assert len(labels) >= 2  # the test needs labels of different areas inside r
+    plain, balanced = objective(0.0), objective(1.0)
+    assert torch.equal(plain.region_weights[0], plain.inside[0])
+    weights = balanced.region_weights[0][0, 0].numpy()
+    assert weights[~inside].sum() == 0 and weights.sum() == pytest.approx(inside.sum(), rel=1e-5)
+    shares = [weights[inside & (edited == label)].sum() for label in labels]
+    assert np.allclose(shares, shares[0], rtol=1e-5)  # each label of the edited map: an equal share
+    # Lovász-softmax of (nearly) one-hot predictions = 1 − the mean IoU over the target's labels in r.
+    for labelling in (edited, before[1], np.roll(edited, 2, axis=1)):
+        logits = 50.0 * torch.nn.functional.one_hot(torch.from_numpy(labelling.astype(np.int64)), NUM_CLASSES)
+        loss = float(balanced._lovasz([logits.permute(2, 0, 1)[None].float()]))
+        ious = [np.logical_and(labelling == label, edited == label)[inside].sum()
+                / np.logical_or(labelling == label, edited == label)[inside].sum() for label in labels]
+        assert loss == pytest.approx(1 - np.mean(ious), abs=1e-4)
 
 
 def test_an_edit_is_deterministic_and_stops_when_the_loss_stops_falling(G, branch):
