@@ -84,6 +84,17 @@ def test_an_ablation_run_keeps_its_own_checkpoints(project):
     assert train(project, "--steps", "4", "--resume", "--run", "no-multiscale") == 0
 
 
+def test_training_variants_are_options_stored_with_the_checkpoint(project, capsys):
+    assert train(project, "--steps", "2", "--run", "variant", "--lr-schedule", "cosine", "--class-balance", "0.5",
+                 "--edge-weight", "2", "--raw-loss-weight", "0", "--validate", "none") == 0
+    settings = read_branch_metadata(project / "semantic" / "variant" / "semantic-step0000002.safetensors")["settings"]
+    assert settings["learning_rate_schedule"] == "cosine" and settings["class_balance_power"] == 0.5
+    assert settings["boundary_weight"] == 2.0 and settings["raw_loss_weight"] == 0.0
+    capsys.readouterr()
+    assert train(project, "--steps", "2", "--edge-weight", "-1") == 2
+    assert "--edge-weight" in capsys.readouterr().err
+
+
 def test_resuming_a_branch_of_another_backbone_is_a_clear_error(project, tmp_path, capsys):
     assert train(project, "--steps", "1") == 0
     other_file = tmp_path / "other.safetensors"

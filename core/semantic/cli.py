@@ -39,6 +39,16 @@ def add_parser(sub) -> None:
                    help="figures stored with each checkpoint: 'procedural' = mIoU on 2 procedural identities of the "
                         "'evaluate' range (needs a backbone of the procedural category); auto: procedural for the "
                         "embedded default backbone, none otherwise")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                   help="learning rate over the run's --steps: constant (default) or a cosine decay to 0")
+    p.add_argument("--class-balance", type=float, default=0.0, metavar="POWER",
+                   help="class-balanced cross-entropy: a class weighs (its share of the painted pixels)^-POWER "
+                        "(default 0: plain; docs/semantic.md 'What was tried')")
+    p.add_argument("--edge-weight", type=float, default=0.0, metavar="W",
+                   help="pixels next to a label edge of a mask weigh 1 + W in the loss (default 0)")
+    p.add_argument("--raw-loss-weight", type=float, default=0.5, metavar="W",
+                   help="weight of the cross-entropy on the volume-rendered logits beside the super-resolved ones "
+                        "(default 0.5; 0 = the paper's loss)")
     p.add_argument("--no-multiscale", action="store_true", help="ablation: semantic tri-plane from the last block only")
     p.add_argument("--no-density-prior", action="store_true", help="ablation: the branch predicts its own density")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -69,6 +79,10 @@ def _check_train_arguments(args) -> None:
         raise UserError("--steps must be at least 1")
     if args.checkpoint_every < 1:
         raise UserError("--checkpoint-every must be at least 1")
+    for option, value in (("--class-balance", args.class_balance), ("--edge-weight", args.edge_weight),
+                          ("--raw-loss-weight", args.raw_loss_weight)):
+        if not (value >= 0 and math.isfinite(value)):
+            raise UserError(f"{option} must be a finite number >= 0, got {value}")
     name = args.run_name
     if name is not None and (not name or Path(name).name != name or name.startswith(".")):
         raise UserError(f"--run must be a plain folder name, got {name!r}")
@@ -88,7 +102,9 @@ def _train_in_project(project, args) -> None:
         raise UserError(f"{directory} already holds checkpoints (newest: step {existing[-1][0]}); pass --resume to "
                         "continue, --run NAME for a separate run, or delete them to start over")
     branch = _branch_for_run(project, backbone, directory, args)
-    settings = TrainingSettings(checkpoint_every=args.checkpoint_every)
+    settings = TrainingSettings(checkpoint_every=args.checkpoint_every, learning_rate_schedule=args.lr_schedule,
+                                class_balance_power=args.class_balance, boundary_weight=args.edge_weight,
+                                raw_loss_weight=args.raw_loss_weight)
     validation = _validation(args.validate, project, backbone, views)
     directory.mkdir(parents=True, exist_ok=True)
     log = TrainingLog(directory / TRAINING_LOG, fresh=not existing)

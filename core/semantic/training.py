@@ -73,6 +73,15 @@ class TrainingSettings:
     # Train on random square crops of this many output pixels (None: whole views). Every part of
     # the branch is local except the tri-plane, so crops cost proportionally less and lose little.
     crop_size: int | None = 64
+    # Opt-in variants (measured in docs/semantic.md, "What was tried"):
+    # "cosine" decays the learning rate to 0 over the run's total steps (a function of the step,
+    # so a resumed run follows the same schedule as long as the total is the same).
+    learning_rate_schedule: str = "constant"
+    # Class-balanced cross-entropy: class c weighs (its share of the painted pixels)^-power,
+    # normalised to a mean pixel weight of 1 (0: plain cross-entropy).
+    class_balance_power: float = 0.0
+    # Pixels next to a label edge of the mask weigh 1 + boundary_weight.
+    boundary_weight: float = 0.0
 
 
 @dataclass
@@ -221,11 +230,13 @@ def train_semantic(
 def _train_steps(run: _Run, views, identity_features, step: int, checkpoint, should_stop):
     """Optimiser steps until the total is reached or a stop is asked for."""
     history = []
+    class_weights = class_weights_for(views, run.branch.num_classes, run.settings.class_balance_power)
     run.branch.train()
     while step < run.total_steps:
         if should_stop is not None and should_stop():
             return step, checkpoint, True, history
-        loss, accuracy = training_step(run.branch, views, identity_features, run.optimizer, run.settings, step)
+        loss, accuracy = training_step(run.branch, views, identity_features, run.optimizer, run.settings, step,
+                                       run.total_steps, class_weights)
         step += 1
         history.append((step, loss))
         run.loss.update(loss)
@@ -236,16 +247,19 @@ def _train_steps(run: _Run, views, identity_features, step: int, checkpoint, sho
     return step, checkpoint, False, history
 
 
-def training_step(branch, views, identity_features, optimizer, settings, step: int):
+def training_step(branch, views, identity_features, optimizer, settings, step: int, total_steps: int | None = None,
+                  class_weights: torch.Tensor | None = None):
     """One Adam step on a batch of annotated views; returns (loss, pixel accuracy) of the batch."""
     batch = _batch_for_step(views, settings, step)
+    _set_learning_rate(optimizer, settings, step, total_steps)
     optimizer.zero_grad(set_to_none=True)
     planes = {key: branch.triplane(identity_features[key]) for key in {view.identity_key for view in batch}}
     total_loss, correct, counted = 0.0, 0, 0
     for index, view in enumerate(batch):
         prior, mask = _training_crop(view, settings.crop_size, step * 1_000 + index + settings.seed)
         output = render_semantic(branch, planes[view.identity_key], prior, mask.shape[-1])
-        total_loss = total_loss + view_loss(output, mask, settings.raw_loss_weight)
+        weights = pixel_weights(mask, class_weights, settings.boundary_weight)
+        total_loss = total_loss + view_loss(output, mask, settings.raw_loss_weight, weights)
         painted = mask != IGNORE_LABEL
         correct += int((output.logits[0].argmax(0) == mask)[painted].sum())
         counted += int(painted.sum())
@@ -269,14 +283,75 @@ def _training_crop(view: "_PreparedView", crop_size: int | None, seed: int):
     return prior, mask
 
 
-def view_loss(output, mask: torch.Tensor, raw_loss_weight: float) -> torch.Tensor:
-    """Pixel cross-entropy at the mask's resolution, on the final and (weighted) raw logits."""
+def view_loss(output, mask: torch.Tensor, raw_loss_weight: float, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Pixel cross-entropy at the mask's resolution, on the final and (weighted) raw logits;
+    with `weights` (H, W), the weighted mean over painted pixels."""
     target = mask[None]
-    loss = F.cross_entropy(output.logits, target, ignore_index=IGNORE_LABEL)
+    loss = _cross_entropy(output.logits, target, weights)
     if raw_loss_weight > 0:
         raw = F.interpolate(output.raw_logits, size=mask.shape, mode="bilinear", align_corners=False)
-        loss = loss + raw_loss_weight * F.cross_entropy(raw, target, ignore_index=IGNORE_LABEL)
+        loss = loss + raw_loss_weight * _cross_entropy(raw, target, weights)
     return loss
+
+
+def _cross_entropy(logits, target, weights):
+    if weights is None:
+        return F.cross_entropy(logits, target, ignore_index=IGNORE_LABEL)
+    per_pixel = F.cross_entropy(logits, target, ignore_index=IGNORE_LABEL, reduction="none")[0]
+    painted = weights * (target[0] != IGNORE_LABEL)
+    return (per_pixel * painted).sum() / painted.sum().clamp_min(1e-12)
+
+
+def pixel_weights(mask: torch.Tensor, class_weights: torch.Tensor | None, boundary_weight: float):
+    """Per-pixel loss weights (H, W) of a mask, or None for plain cross-entropy."""
+    if class_weights is None and not boundary_weight:
+        return None
+    weights = torch.ones(mask.shape, dtype=torch.float32, device=mask.device)
+    if class_weights is not None:
+        weights = class_weights.to(mask.device)[mask.clamp_max(len(class_weights) - 1)]
+    if boundary_weight:
+        weights = weights * (1 + boundary_weight * label_edges(mask))
+    return weights
+
+
+def label_edges(mask: torch.Tensor) -> torch.Tensor:
+    """(H, W) float: 1 where a 4-neighbour holds another painted label."""
+    edges = torch.zeros(mask.shape, dtype=torch.bool, device=mask.device)
+    painted = mask != IGNORE_LABEL
+    for a, b in ((mask[1:], mask[:-1]), (mask[:, 1:], mask[:, :-1])):
+        differ = (a != b) & (a != IGNORE_LABEL) & (b != IGNORE_LABEL)
+        if a.shape[0] != mask.shape[0]:
+            edges[1:] |= differ
+            edges[:-1] |= differ
+        else:
+            edges[:, 1:] |= differ
+            edges[:, :-1] |= differ
+    return (edges & painted).float()
+
+
+def class_weights_for(views: list, num_classes: int, power: float) -> torch.Tensor | None:
+    """Class-balancing weights from the painted pixels of the training masks (None for power 0)."""
+    if not power:
+        return None
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    for view in views:
+        painted = view.mask[view.mask != IGNORE_LABEL].cpu()
+        counts += torch.bincount(painted, minlength=num_classes)[:num_classes].double()
+    share = counts / counts.sum()
+    weights = torch.where(share > 0, share.clamp_min(1e-12) ** -power, torch.ones_like(share))
+    weights = weights / (share * weights).sum()  # the mean weight of a painted pixel is 1
+    return weights.float()
+
+
+def _set_learning_rate(optimizer, settings: TrainingSettings, step: int, total_steps: int | None) -> None:
+    if settings.learning_rate_schedule == "constant" or not total_steps:
+        factor = 1.0
+    elif settings.learning_rate_schedule == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    else:
+        raise ValueError(f"unknown learning-rate schedule {settings.learning_rate_schedule!r}")
+    for group in optimizer.param_groups:
+        group["lr"] = settings.learning_rate * factor
 
 
 def _batch_for_step(views: list, settings: TrainingSettings, step: int) -> list:
