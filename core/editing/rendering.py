@@ -138,11 +138,11 @@ def cached_occupancy(G, identity):
     cache = _occupancy_cache.setdefault(G, OrderedDict())
     if key in cache:
         cache.move_to_end(key)
-    else:
-        cache[key] = occupancy_grid(G, identity)
-        while len(cache) > OCCUPANCY_CACHE_SIZE:
-            cache.popitem(last=False)
-    return cache[key]
+        return cache[key]
+    occupancy = cache[key] = occupancy_grid(G, identity)
+    while len(cache) > OCCUPANCY_CACHE_SIZE:
+        cache.popitem(last=False)
+    return occupancy
 
 
 def _semantic_logits(G, branch, semantic_planes, view: View, origins, directions, neural: int, resolution: int,
