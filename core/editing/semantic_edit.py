@@ -325,14 +325,17 @@ class _EditObjective:
             perceptual = perceptual + share * self.perceptual(image * outside, original * outside)
         if settings.region_weight:
             ce = ce + settings.region_weight * region_ce
-        if settings.lovasz_weight:
-            ce = ce + settings.lovasz_weight * self._lovasz(part.logits)
+        lovasz = self._lovasz(part.logits) if settings.lovasz_weight else None
         if len(rays):
             scale = len(self.beyond_crops) / len(rays)
             squared = squared + scale * (part.extra - self.original_rays[..., rays]).pow(2).sum()
         mse = squared / max(3 * self.outside_pixels, 1)
         loss = ce + settings.rgb_weight * mse + settings.perceptual_weight * perceptual
-        return loss, {"cross_entropy": ce.item(), "mse_outside": mse.item(), "perceptual_outside": perceptual.item()}
+        terms = {"cross_entropy": ce.item(), "mse_outside": mse.item(), "perceptual_outside": perceptual.item()}
+        if lovasz is not None:
+            loss = loss + settings.lovasz_weight * lovasz
+            terms["lovasz_inside"] = lovasz.item()
+        return loss, terms
 
     def _lovasz(self, logits: list[torch.Tensor]) -> torch.Tensor:
         """Lovász-softmax over r's pixels, averaged over the labels of the edited map there."""
@@ -344,7 +347,7 @@ class _EditObjective:
             truth = (targets == label).float()
             errors, order = (truth - probabilities[:, label]).abs().sort(descending=True)
             losses.append(errors @ _jaccard_steps(truth[order]))
-        return torch.stack(losses).mean()
+        return torch.stack(losses).mean() if losses else probabilities.sum() * 0
 
     @torch.no_grad()
     def score(self, ws: torch.Tensor, step: int) -> float:
