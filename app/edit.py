@@ -287,7 +287,7 @@ class EditWorkspace(QWidget):
 
     def compare_at(self, yaw: float) -> None:
         """Render before (the state the last edit started from) and after at this yaw."""
-        from core.editing.rendering import CameraRig, render, to_uint8
+        from core.editing.rendering import CameraRig, render_still, to_uint8
 
         if self.ws is None:
             return
@@ -299,9 +299,8 @@ class EditWorkspace(QWidget):
             import torch
 
             label = CameraRig.of(G).label(torch.tensor(float(yaw)), torch.tensor(float(pitch)))
-            with torch.no_grad():
-                after = to_uint8(render(G, current, label, resolution).image)
-                before = to_uint8(render(G, start, label, resolution).image) if start is not None else None
+            after = to_uint8(render_still(G, current, label, resolution).image)
+            before = to_uint8(render_still(G, start, label, resolution).image) if start is not None else None
             return (before, after) if before is not None else (after, None)
 
         self._run(lambda: work(), lambda pair: self._show_compare(*pair), "Rendering", quiet=True)

@@ -120,6 +120,14 @@ def main() -> None:
         window.edit.apply_stroke([(56.5, 78.5), (64.5, 80.5), (72.5, 78.5)], label=9)  # a wider nose
         _wait(app, lambda: False, 0.5)
     window.grab().save(str(args.out / "edit.png"))
+    if has_branch:  # the same edit run, before and after compared from yaw +30
+        window.edit.run_edit()
+        _wait(app, lambda: window.edit.last_result is not None and not window.edit.is_busy(), 600)
+        window.edit.compare_at(30.0)
+        _wait(app, lambda: not window.edit.is_busy(), 300)
+        _wait(app, lambda: False, 0.5)
+        window.grab().save(str(args.out / "editing_workspace.png"))
+        written.append("editing_workspace.png")
 
     window.train_semantic_branch()
     train = window.train_dialog
