@@ -10,7 +10,10 @@ from core.editing.inputs import EditingInputError, check_label_map, prepare_imag
 from core.editing.inversion import InversionSettings, invert_image, invert_labels
 from core.editing.perceptual import (VGG16_CHANNELS, VGG16_CONV_INDICES, PerceptualWeightsError, StructuralLoss,
                                      VGGPerceptualLoss, perceptual_loss)
-from core.editing.rendering import SEMANTIC_BORDER, CameraRig, Crop, render, render_part, render_still, to_uint8
+from core.editing.evaluate import floater_pixels
+from core.editing.rendering import (SEMANTIC_BORDER, CameraRig, Crop, point_opacity, project_points, render,
+                                    render_part, render_still, to_uint8)
+from core.semantic.rendering import _rays
 from core.editing.semantic_edit import (EditSettings, NoOpEditError, _EditObjective, edit_identity,
                                         edited_label_ids, optimisation_samples, region_of_interest, render_view)
 from core.editing.store import edit_figures, read_latent, save_edit, write_latent
@@ -324,6 +327,55 @@ def test_the_edit_loss_on_part_of_the_view_equals_the_full_views_when_every_ray_
     sparse = objective(crop_margin=1, outside_rays=20)
     assert torch.equal(sparse.outside_rays(3), sparse.outside_rays(3))
     assert not torch.equal(sparse.outside_rays(3), sparse.outside_rays(4)) and len(sparse.outside_rays(3)) == 20
+
+
+def test_points_project_to_the_pixel_whose_ray_they_lie_on(G):
+    camera = CameraRig.of(G).label(torch.tensor(36.9), torch.tensor(10.0))
+    origins, directions = _rays(G, camera, RES)
+    pixels = torch.tensor([0, RES - 1, 3 * RES + 5, RES * RES - 1])
+    for distance in (2.0, 2.7, 3.2):
+        assert torch.equal(project_points(camera, origins[0, pixels] + distance * directions[0, pixels], RES), pixels)
+    behind = origins[0, :1] - directions[0, :1]
+    assert int(project_points(camera, behind, RES)[0]) == -1
+
+
+def test_the_hold_term_is_zero_when_nothing_changed_and_grows_with_density_added_away_from_r(G, branch):
+    start = ws_of(G, 3)
+    before = render_view(G, branch, start, 0.0, 0.0, RES)
+    edited = paint_square(before[1], int(np.argmin(np.bincount(before[1].ravel(), minlength=NUM_CLASSES))), 5, 6, 4)
+    region = region_of_interest(before[1], edited, edited_label_ids(before[1], edited), 1)
+    settings = EditSettings(resolution=RES, hold_weight=1.0, hold_points=2048, hold_margin=1)
+    objective = _EditObjective(G, branch, start, 0.0, 0.0, edited, region, before[1], settings, StructuralLoss())
+    held = objective.held_points(0)
+    pixels = project_points(objective.camera, held, RES)
+    assert 0 < len(held) < settings.hold_points  # the points on r's rays are left free
+    assert not objective.near_region[pixels[pixels >= 0]].any()
+    rendered = objective.render(start, 0)
+    _, terms = objective(rendered)
+    assert terms["opacity_change_away"] == 0.0
+    # Density changed over half the box, away from r too: the term is the mean squared opacity change there.
+    planes = objective.start_planes.clone()
+    planes[:, :, :, :, : planes.shape[-1] // 2] += 3.0
+    change = point_opacity(G, planes, held) - point_opacity(G, objective.start_planes, held)
+    assert change.abs().max() > 1e-3
+    assert float(objective.hold_term(planes, 0)) == pytest.approx(float(change.pow(2).mean()), rel=1e-5)
+    # and it takes part in the loss, with a gradient towards the latent
+    moved = ws_of(G, 4).requires_grad_(True)
+    loss, terms = objective(objective.render(moved, 1))
+    assert terms["opacity_change_away"] > 0
+    loss.backward()
+    assert moved.grad.abs().sum() > 0
+
+
+def test_floaters_are_new_foreground_apart_from_the_old_silhouette():
+    head = np.zeros((32, 32), bool)
+    head[8:24, 8:20] = True
+    after = head.copy()
+    after[10:14, 20:23] = True  # a bump on the head: new foreground, no floater
+    assert floater_pixels(head, after) == (0, 4 * 1)  # within 2 px of the old silhouette is the head's
+    after[2:5, 26:30] = True  # a blob apart from the head
+    assert floater_pixels(head, after) == (12, 4 + 12)
+    assert floater_pixels(head, head) == (0, 0)
 
 
 def test_the_labels_inside_r_are_weighed_alike_and_the_lovasz_term_is_one_minus_their_mean_iou(G, branch):

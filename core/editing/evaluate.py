@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from core.editing.inversion import InversionSettings, invert_image
-from core.editing.rendering import to_uint8
+from core.editing.rendering import CameraRig, render_opacity, to_uint8
 from core.editing.semantic_edit import EditSettings, edit_identity, render_view
 from core.editing.store import edit_figures
 from core.metrics import confusion_matrix, mean_iou, per_class_iou, psnr
@@ -43,6 +43,11 @@ EDIT_VIEW = (0.0, 0.0)
 INVERSION_VIEW = (20.0, -5.0)
 EYE_GROWTH = 3
 NOSE_GROWTH = 3
+# Views an edit's floaters are looked for in (yaw, pitch): an edit is optimised in one view only, so
+# density it creates where that view does not look goes unpunished unless something else holds it.
+FLOATER_VIEWS = ((-60.0, 0.0), (-30.0, 0.0), (30.0, 0.0), (60.0, 0.0), (0.0, 20.0), (0.0, -20.0))
+FOREGROUND = 0.5  # opacity from which a pixel is foreground
+FLOATER_TOUCH = 2  # px: new foreground this close to the old silhouette belongs to the head
 FACE = [LABEL_IDS[name] for name in ("head", "muzzle", "left_eye", "right_eye", "nose")]
 
 
@@ -103,6 +108,7 @@ def evaluate_edits(backbone, branch, identities: int = 3, settings: EditSettings
     for seed in seeds:
         ws = backbone.identity_from_seed(seed).ws
         before = render_view(G, branch, ws, *EDIT_VIEW, resolution)
+        shapes_before = silhouettes(G, ws)
         truth = procedural_buffers(backbone, seed, *EDIT_VIEW, resolution)["labels"]
         for name, script in SCRIPTED_EDITS.items():
             target, labels = scripted_target(truth, before[1], script, settings.dilation)
@@ -114,7 +120,8 @@ def evaluate_edits(backbone, branch, identities: int = 3, settings: EditSettings
                          "perceptual": result.perceptual,
                          "label_iou_before_edit": _miou(before[1], truth, num_classes), **edit_figures(result),
                          "iou_in_region_target_labels": _target_labels_iou(result, num_classes),
-                         "iou_in_region_target_labels_before": _target_labels_iou(result, num_classes, before=True)})
+                         "iou_in_region_target_labels_before": _target_labels_iou(result, num_classes, before=True),
+                         **floater_figures(G, ws, result.ws, before=shapes_before)})
             if progress:
                 progress(len(rows), len(seeds) * len(SCRIPTED_EDITS))
     done = [row for row in rows if "skipped" not in row]
@@ -126,9 +133,16 @@ def evaluate_edits(backbone, branch, identities: int = 3, settings: EditSettings
         "iou_in_region_target_labels": _mean(done, "iou_in_region_target_labels"),
         "iou_in_region_target_labels_before": _mean(done, "iou_in_region_target_labels_before"),
         "seconds_per_edit": _mean(done, "seconds"),
+        # Pixels summed over FLOATER_VIEWS at the backbone's resolution, mean per edit; and how many
+        # edits left any floater at all.
+        "floater_pixels": _mean(done, "floater_pixels"),
+        "new_foreground_pixels": _mean(done, "new_foreground_pixels"),
+        "edits_with_floaters": sum(1 for row in done if row["floater_pixels"] > 0),
+        "floater_views": [list(view) for view in FLOATER_VIEWS],
         "per_edit": {name: {key: _mean([r for r in done if r["edit"] == name], key)
                             for key in ("iou_in_region", "iou_in_region_before", "psnr_outside_region", "seconds",
-                                        "iou_in_region_target_labels", "iou_in_region_target_labels_before")}
+                                        "iou_in_region_target_labels", "iou_in_region_target_labels_before",
+                                        "floater_pixels", "new_foreground_pixels")}
                      for name in SCRIPTED_EDITS},
         "settings": dataclasses.asdict(settings),
         "view": {"yaw": EDIT_VIEW[0], "pitch": EDIT_VIEW[1]},
@@ -180,6 +194,36 @@ def evaluate_inversions(backbone, branch, identities: int = 2, settings: Inversi
         "settings": {"steps": settings.steps, "start_steps": settings.start_steps, "resolution": settings.resolution,
                      "starts": len(settings.start_yaws) + settings.random_starts, "latent_space": settings.latent_space},
     }
+
+
+def silhouettes(G, ws: torch.Tensor, views=FLOATER_VIEWS, resolution: int | None = None) -> list[np.ndarray]:
+    """Foreground masks (opacity > FOREGROUND) of a latent from each (yaw, pitch) of `views`."""
+    rig, resolution = CameraRig.of(G), resolution or int(G.img_resolution)
+    return [render_opacity(G, ws, rig.label(torch.tensor(yaw), torch.tensor(pitch)), resolution) > FOREGROUND
+            for yaw, pitch in views]
+
+
+def floater_pixels(before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
+    """(floater pixels, new foreground pixels) of one view's silhouettes before and after an edit.
+    New foreground: after's foreground farther than FLOATER_TOUCH px from before's. Floaters: the
+    connected parts (8-connected) of after's foreground that do not come that close to before's
+    at all — foreground that is new and disconnected from the head."""
+    near_before = cv2.dilate(before.astype(np.uint8), _disc(FLOATER_TOUCH)) > 0
+    new = after & ~near_before
+    count, parts = cv2.connectedComponents(after.astype(np.uint8), connectivity=8)
+    touching = np.unique(parts[near_before & after])
+    floating = (parts > 0) & ~np.isin(parts, touching)
+    return int(floating.sum()), int(new.sum())
+
+
+def floater_figures(G, start_ws: torch.Tensor, edited_ws: torch.Tensor, views=FLOATER_VIEWS,
+                    before: list[np.ndarray] | None = None) -> dict:
+    """Floaters of an edit in other views (pixels at the backbone's resolution, summed over
+    `views`; `before` = the start's `silhouettes` when the caller has them)."""
+    before = before if before is not None else silhouettes(G, start_ws, views)
+    counts = [floater_pixels(old, new) for old, new in zip(before, silhouettes(G, edited_ws, views))]
+    return {"floater_pixels": sum(c[0] for c in counts), "new_foreground_pixels": sum(c[1] for c in counts),
+            "floater_pixels_per_view": {f"{yaw:+.0f}/{pitch:+.0f}": c[0] for (yaw, pitch), c in zip(views, counts)}}
 
 
 def _target_labels_iou(result, num_classes: int, before: bool = False) -> float:

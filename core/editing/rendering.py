@@ -85,13 +85,15 @@ class Render:
 
 
 def render(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: int, branch=None,
-           samples_per_ray: int | None = SAMPLES_PER_RAY, backbone_samples: tuple[int, int] | None = None) -> Render:
+           samples_per_ray: int | None = SAMPLES_PER_RAY, backbone_samples: tuple[int, int] | None = None,
+           identity=None) -> Render:
     """RGB (and class logits with a branch) of latent ws (1, num_ws, w_dim) at resolution², with
     autograd to ws and the camera label. The neural renderer runs at `resolution` (capped at the
     backbone's own), and the image is resized to `resolution` when the backbone super-resolves.
     `samples_per_ray`: the semantic branch's quadrature points per ray (its density prior);
-    `backbone_samples`: (coarse, importance) samples per ray instead of the backbone's own."""
-    identity = G.synthesize(ws)
+    `backbone_samples`: (coarse, importance) samples per ray instead of the backbone's own;
+    `identity`: `G.synthesize(ws)` when the caller has it."""
+    identity = G.synthesize(ws) if identity is None else identity
     neural = min(int(resolution), int(G.neural_rendering_resolution))
     camera_label = camera_label.to(ws.device)
     view = G.render(identity, camera_label, neural, deterministic=True,
@@ -124,6 +126,17 @@ def render_still(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: in
     if branch is None:
         return Render(image, None)
     return Render(image, labels_for_view(branch, G, identity, camera_label, resolution, view=view).logits)
+
+
+@torch.no_grad()
+def render_opacity(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: int) -> np.ndarray:
+    """(R, R) float32 in [0, 1]: the accumulated opacity of each ray of a view (the plain
+    renderer, no culling), R capped at the backbone's neural resolution: the silhouette the
+    floater figures compare (core.editing.evaluate.floater_figures)."""
+    neural = min(int(resolution), int(G.neural_rendering_resolution))
+    view = G.render(G.synthesize(ws), camera_label.to(ws.device), neural, deterministic=True, return_samples=True)
+    opacity = view.samples["weights"].sum(2)[0, :, 0].reshape(neural, neural)
+    return opacity.clamp(0, 1).cpu().numpy().astype(np.float32)
 
 
 def cached_occupancy(G, identity):
@@ -245,7 +258,7 @@ class PartRender:
 
 def render_part(G, ws: torch.Tensor, camera_label: torch.Tensor, crops: Crop | list[Crop],
                 extra: torch.Tensor | None = None, branch=None, backbone_samples: tuple[int, int] | None = None,
-                samples_per_ray: int | None = SAMPLES_PER_RAY) -> PartRender:
+                samples_per_ray: int | None = SAMPLES_PER_RAY, identity=None) -> PartRender:
     """`render` restricted to the rays of `crops` (disjoint squares of one view: RGB and, with a
     branch, logits) and the rays `extra` (indices into the view's resolution² rays; RGB only),
     with autograd to ws.
@@ -256,14 +269,15 @@ def render_part(G, ws: torch.Tensor, camera_label: torch.Tensor, crops: Crop | l
     beyond a crop's edges instead of the neighbouring pixels (within SEMANTIC_BORDER pixels of
     an edge that is not the view's). Only for backbones without super-resolution, whose neural
     resolution is the image's (`supports_parts`). `backbone_samples` = (coarse, importance)
-    samples per ray instead of the backbone's own, for cheaper optimisation steps.
+    samples per ray instead of the backbone's own, for cheaper optimisation steps. `identity`:
+    `G.synthesize(ws)` when the caller has it (with autograd, for its own terms).
     """
     crops = [crops] if isinstance(crops, Crop) else list(crops)
     resolution = crops[0].resolution
     if not supports_parts(G, resolution):
         raise ValueError("rendering part of a view needs a backbone without super-resolution, at most at its "
                          "neural rendering resolution")
-    identity = G.synthesize(ws)
+    identity = G.synthesize(ws) if identity is None else identity
     camera_label = camera_label.to(ws.device)
     extra = torch.zeros(0, dtype=torch.long) if extra is None else extra
     index = torch.cat([crop.indices() for crop in crops] + [extra.cpu()]).to(ws.device)
@@ -289,6 +303,39 @@ def render_part(G, ws: torch.Tensor, camera_label: torch.Tensor, crops: Crop | l
         logits.append(_semantic_logits(G, branch, semantic_planes, view, origins[:, square], directions[:, square],
                                        size, size, samples_per_ray))
     return PartRender(images, logits if branch is not None else None, shown[..., first:])
+
+
+def random_box_points(G, count: int, generator: torch.Generator) -> torch.Tensor:
+    """(count, 3) points drawn uniformly in the tri-plane box [-box_warp/2, box_warp/2]³."""
+    box = float(G.rendering_kwargs["box_warp"])
+    return (torch.rand(count, 3, generator=generator) - 0.5) * box
+
+
+def project_points(camera_label: torch.Tensor, points: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(M,) long: the row-major index of the pixel of a resolution² view (camera label (1, 25))
+    each world point (M, 3) falls in; -1 for points behind the camera or outside the view. The
+    inverse of core.camera.ray_bundle (no skew, as the studio's cameras have none)."""
+    cam2world = camera_label[0, :16].reshape(4, 4).detach()
+    intrinsics = camera_label[0, 16:25].reshape(3, 3).detach()
+    homogeneous = torch.cat([points, torch.ones(len(points), 1)], 1)
+    camera = (torch.linalg.inv(cam2world) @ homogeneous.T).T[:, :3]
+    depth = camera[:, 2]
+    u = intrinsics[0, 0] * camera[:, 0] / depth + intrinsics[0, 2]
+    v = intrinsics[1, 1] * camera[:, 1] / depth + intrinsics[1, 2]
+    column, row = torch.floor(u * resolution).long(), torch.floor(v * resolution).long()
+    inside = (depth > 0) & (column >= 0) & (column < resolution) & (row >= 0) & (row < resolution)
+    return torch.where(inside, row * resolution + column, torch.full_like(row, -1))
+
+
+def point_opacity(G, planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(M,) opacity of a coarse sample interval of the backbone at world points (M, 3): 1 −
+    exp(−σ δ), σ the marcher's activated density (softplus(raw − 1)) and δ the coarse samples'
+    spacing: what a sample there adds to a ray, 0 in empty space, 1 in solid matter."""
+    options = G.rendering_kwargs
+    spacing = (float(options["ray_end"]) - float(options["ray_start"])) / int(options["depth_resolution"])
+    raw = G.renderer.run_model(planes, G.decoder, points[None], torch.zeros_like(points)[None], options,
+                               deterministic=True)["sigma"][0, :, 0]
+    return 1 - torch.exp(-F.softplus(raw - 1) * spacing)
 
 
 def supports_parts(G, resolution: int) -> bool:

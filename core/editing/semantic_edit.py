@@ -37,8 +37,8 @@ from core.editing.inputs import EditingInputError, check_label_map
 from core.editing.latent import Latent, w_statistics
 from core.editing.perceptual import perceptual_loss
 from core.editing.progress import StepReport, ignore_progress, never_stop
-from core.editing.rendering import (SEMANTIC_BORDER, CameraRig, Crop, PartRender, render, render_part, render_still,
-                                    supports_parts, to_uint8)
+from core.editing.rendering import (SEMANTIC_BORDER, CameraRig, Crop, PartRender, point_opacity, project_points,
+                                    random_box_points, render, render_part, render_still, supports_parts, to_uint8)
 from core.semantic.rendering import SAMPLES_PER_RAY
 
 EDITED_LABEL_FRACTION = 0.2
@@ -81,6 +81,15 @@ class EditSettings:
     # Weight of the Lovász-softmax loss inside r (Berman et al. 2018): a smooth stand-in for
     # 1 − the mean IoU over the edited map's labels there, the figure an edit is judged by.
     lovasz_weight: float = 1.0
+    # Hold the shape away from the edit (docs/editing.md, "Floaters"): the other terms see one
+    # view only, so density the edit creates where that view does not look (behind the head, at
+    # the tri-plane box's border) is free, and shows as floaters from other angles. Each step
+    # `hold_points` points drawn in the tri-plane box whose pixel in the edit view is farther than
+    # `hold_margin` px (at `resolution`) from r keep their opacity: hold_weight × the mean
+    # squared change of a coarse sample's opacity there (`point_opacity`). 0: off.
+    hold_weight: float = 0.0
+    hold_points: int = 4096
+    hold_margin: int = 2
     dilation: int = 2  # pixels of r's dilation at the edited map's resolution
     preview_every: int = 5
     latent_space: str = "w+"
@@ -277,6 +286,30 @@ class _EditObjective:
         self.original_view = original
         self.originals = [original[..., crop.slices[0], crop.slices[1]] for crop in self.crops]
         self.original_rays = original.reshape(1, 3, -1)
+        if settings.hold_weight:
+            with torch.no_grad():
+                self.start_planes = G.synthesize(start_ws).planes
+            near = inside if not settings.hold_margin else F.max_pool2d(
+                inside, 2 * settings.hold_margin + 1, stride=1, padding=settings.hold_margin)
+            self.near_region = near.reshape(-1) > 0  # the edit view's pixels whose rays may change
+
+    def held_points(self, step: int) -> torch.Tensor:
+        """(M, 3) the points drawn at `step` whose opacity is held: in the tri-plane box, not on
+        the edit view's rays through r (grown by hold_margin)."""
+        generator = torch.Generator().manual_seed(1_000_003 + step)
+        points = random_box_points(self.G, self.settings.hold_points, generator)
+        pixels = project_points(self.camera, points, self.settings.resolution)
+        free = torch.zeros(len(points), dtype=torch.bool)
+        seen = pixels >= 0
+        free[seen] = self.near_region[pixels[seen]]
+        return points[~free]
+
+    def hold_term(self, planes: torch.Tensor, step: int) -> torch.Tensor:
+        """Mean squared change of the opacity at `held_points` from the start (0 when unchanged)."""
+        points = self.held_points(step)
+        with torch.no_grad():
+            start = point_opacity(self.G, self.start_planes, points)
+        return (point_opacity(self.G, planes, points) - start).pow(2).mean()
 
     def _region_weights(self, power: float) -> list[torch.Tensor]:
         """Per crop (1, 1, s, s): each pixel's weight in the CE inside r (0 outside r), ∝ (pixels
@@ -300,15 +333,16 @@ class _EditObjective:
 
     def render(self, ws: torch.Tensor, step: int, rays: torch.Tensor | None = None) -> "_StepRender":
         settings = self.settings
+        identity = self.G.synthesize(ws)
         if not self.parts:
             whole = render(self.G, ws, self.camera, settings.resolution, self.branch, settings.semantic_samples,
-                           self.backbone_samples)
+                           self.backbone_samples, identity)
             part = PartRender([whole.image], [whole.logits], whole.image.new_zeros(1, 3, 0))
-            return _StepRender(part, self.beyond_crops[:0])
+            return _StepRender(part, self.beyond_crops[:0], identity.planes, step)
         rays = self.outside_rays(step) if rays is None else rays
         part = render_part(self.G, ws, self.camera, self.crops, rays, self.branch, self.backbone_samples,
-                           settings.semantic_samples)
-        return _StepRender(part, rays)
+                           settings.semantic_samples, identity)
+        return _StepRender(part, rays, identity.planes, step)
 
     def __call__(self, rendered: "_StepRender"):
         part, rays, settings = rendered.part, rendered.rays, self.settings
@@ -335,6 +369,10 @@ class _EditObjective:
         if lovasz is not None:
             loss = loss + settings.lovasz_weight * lovasz
             terms["lovasz_inside"] = lovasz.item()
+        if settings.hold_weight:
+            hold = self.hold_term(rendered.planes, rendered.step)
+            loss = loss + settings.hold_weight * hold
+            terms["opacity_change_away"] = hold.item()
         return loss, terms
 
     def _lovasz(self, logits: list[torch.Tensor]) -> torch.Tensor:
@@ -393,3 +431,5 @@ def _uncut(crop: Crop) -> np.ndarray:
 class _StepRender:
     part: PartRender
     rays: torch.Tensor  # the rays outside the crops in part.extra
+    planes: torch.Tensor  # the tri-plane the part was rendered from (with autograd)
+    step: int
