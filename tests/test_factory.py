@@ -193,6 +193,8 @@ def test_foreign_or_unrelated_folders_are_refused_unless_overwrite(project, refe
     generate_dataset(request_for(project, out, identities=1))
     with pytest.raises(FactoryError, match="another request"):
         generate_dataset(request_for(project, out, identities=1, seed=4, resume=True))
+    with pytest.raises(FactoryError, match="different point_labels"):  # resuming must not mix labelling methods
+        generate_dataset(request_for(project, out, identities=1, point_labels="pixels", resume=True))
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["backbone"]["content_hash"] = "somebody-else"
     (out / "manifest.json").write_text(json.dumps(manifest))
@@ -214,7 +216,8 @@ def test_unwritable_output_and_bad_requests(project, tmp_path):
     with pytest.raises(FactoryError, match="cannot write to"):
         generate_dataset(request_for(project, blocker / "dataset"))
     for changes, message in [({"identities": 0}, "--n"), ({"views": 0}, "--views"), ({"size": 4}, "--size"),
-                             ({"yaw_range": (30, -30)}, "--yaw-range"), ({"voxel_size": -1.0}, "--voxel-size")]:
+                             ({"yaw_range": (30, -30)}, "--yaw-range"), ({"voxel_size": -1.0}, "--voxel-size"),
+                             ({"point_labels": "guess"}, "--point-labels")]:
         with pytest.raises(FactoryError, match=message):
             generate_dataset(request_for(project, tmp_path / "bad", **changes))
     with pytest.raises(FactoryError, match="no trained semantic branch"):

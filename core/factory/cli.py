@@ -20,6 +20,7 @@ def _angle_range(text: str) -> tuple[float, float]:
 def generate_parser(sub) -> None:
     from core.cli import add_threads_argument
     from core.factory.generate import GenerateRequest
+    from core.factory.pointcloud import POINT_LABELS
 
     defaults = GenerateRequest(project=Path("."), out=Path("."), identities=1)
     p = sub.add_parser(
@@ -42,6 +43,9 @@ def generate_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed, help="run seed: picks the identities and cameras (default 0)")
     p.add_argument("--pointclouds", action="store_true", help="also write each identity's fused labelled point cloud (PLY)")
     p.add_argument("--voxel-size", type=float, help="voxel down-sampling of the point clouds (world units, e.g. 0.005)")
+    p.add_argument("--point-labels", choices=POINT_LABELS, default=defaults.point_labels,
+                   help="label each point from the branch's 3D field at the point (default) or from the pixel "
+                        "it was back-projected from (the paper's way)")
     p.add_argument("--branch", type=Path, help="semantic-branch checkpoint (default: the newest under PROJECT/semantic/)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the dataset in --out (only the factory's files)")
@@ -63,7 +67,7 @@ def _generate(args) -> None:
         workers=args.workers or _default_workers(args.device, args.n),
         project=args.project, out=args.out, identities=args.n, views=args.views, size=args.size,
         yaw_range=args.yaw_range, pitch_range=args.pitch_range, truncation=args.truncation, seed=args.seed,
-        pointclouds=args.pointclouds, voxel_size=args.voxel_size, resume=args.resume, overwrite=args.overwrite,
+        pointclouds=args.pointclouds, voxel_size=args.voxel_size, point_labels=args.point_labels, resume=args.resume, overwrite=args.overwrite,
         device=args.device, branch=args.branch)
     bar = None
 

@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from core.factory.pointcloud import fuse_views, write_ply
+from core.factory.pointcloud import POINT_LABELS, fuse_views, write_ply
 from core.factory.views import ALPHA_THRESHOLD, DEFAULT_VIEW_BATCH, render_identity_views
 from core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text_chunks, write_indexed_png, write_png
 
@@ -49,7 +49,7 @@ DEPTH_LEVELS = 65535
 OUTPUTS = ("images", "labels", "depth", "pointclouds", "cameras.json", "labels.json", "manifest.json")
 # What must agree between a run and the dataset it resumes (everything that changes the files).
 _REQUEST_KEYS = ("identities", "views", "size", "yaw_range", "pitch_range", "truncation", "seed", "seed_range",
-                 "pointclouds", "voxel_size", "alpha_threshold")
+                 "pointclouds", "voxel_size", "alpha_threshold", "point_labels")
 
 
 class FactoryError(Exception):
@@ -72,6 +72,7 @@ class GenerateRequest:
     seed_range: str = "evaluate"
     pointclouds: bool = False
     voxel_size: float | None = None
+    point_labels: str = "field"  # where the points' labels come from (core.factory.pointcloud says)
     alpha_threshold: float = ALPHA_THRESHOLD
     resume: bool = False
     overwrite: bool = False
@@ -84,6 +85,8 @@ class GenerateRequest:
         """The part of the request that determines the files (stored in the manifest)."""
         values = {key: getattr(self, key) for key in _REQUEST_KEYS}
         values["yaw_range"], values["pitch_range"] = list(self.yaw_range), list(self.pitch_range)
+        if not self.pointclouds:  # no clouds, no point labels: a dataset without clouds resumes whatever the choice
+            values["point_labels"] = None
         return values
 
 
@@ -261,7 +264,7 @@ def _write_identity(out: Path, request, backbone, generator, branch, label_set, 
         write_png(out / "depth" / f"{name}.png", depth_to_png(views.depth[view], views.alpha[view],
                                                               request.alpha_threshold, depth_scale))
     if request.pointclouds:
-        cloud = fuse_views(views, request.alpha_threshold, request.voxel_size)
+        cloud = fuse_views(views, request.alpha_threshold, request.voxel_size, request.point_labels)
         write_ply(out / "pointclouds" / f"{index:06d}.ply", cloud,
                   comments=(f"identity {index} seed {seed}", "label ids: see labels.json"))
     branch.clear_cache()  # one identity at a time: memory stays flat however many are written
@@ -346,6 +349,8 @@ def _check_request(request: GenerateRequest) -> None:
             problems.append(f"{name} must be two finite angles A,B with A <= B, got {low},{high}")
     if not (-90 < request.pitch_range[0] and request.pitch_range[1] < 90):
         problems.append("--pitch-range must lie inside (-90, 90) degrees")
+    if request.point_labels not in POINT_LABELS:
+        problems.append(f"--point-labels must be one of {', '.join(POINT_LABELS)}, got {request.point_labels!r}")
     if request.voxel_size is not None and not request.voxel_size > 0:
         problems.append(f"--voxel-size must be positive, got {request.voxel_size}")
     if request.seed < 0:
