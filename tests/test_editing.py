@@ -307,7 +307,8 @@ def test_the_edit_loss_on_part_of_the_view_equals_the_full_views_when_every_ray_
     ce, mse, perceptual = full_view_loss(G, branch, moved, edited, region, EditSettings())
 
     def objective(**options):  # the paper's loss plus the plain CE inside r (full_view_loss's)
-        settings = EditSettings(resolution=RES, backbone_samples=None, label_balance=0.0, lovasz_weight=0.0, **options)
+        settings = EditSettings(resolution=RES, backbone_samples=None, label_balance=0.0, lovasz_weight=0.0,
+                                hold_weight=0.0, **options)
         return _EditObjective(G, branch, start, 0.0, 0.0, edited, region, before[1], settings, StructuralLoss())
 
     whole = objective(crop_margin=RES)  # the crop is the whole view

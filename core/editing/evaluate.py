@@ -98,7 +98,8 @@ def procedural_buffers(backbone, seed: int, yaw: float, pitch: float, resolution
 
 
 def evaluate_edits(backbone, branch, identities: int = 3, settings: EditSettings | None = None, vgg_weights=None,
-                   progress=None) -> dict:
+                   progress=None, view: tuple[float, float] = EDIT_VIEW) -> dict:
+    """The scripted edits of `identities` 'evaluate' seeds, painted in `view` (yaw, pitch)."""
     settings = settings or EditSettings()
     G = backbone.generator
     resolution = int(G.img_resolution)
@@ -107,15 +108,15 @@ def evaluate_edits(backbone, branch, identities: int = 3, settings: EditSettings
     seeds = seeds_for("evaluate", identities)
     for seed in seeds:
         ws = backbone.identity_from_seed(seed).ws
-        before = render_view(G, branch, ws, *EDIT_VIEW, resolution)
+        before = render_view(G, branch, ws, *view, resolution)
         shapes_before = silhouettes(G, ws)
-        truth = procedural_buffers(backbone, seed, *EDIT_VIEW, resolution)["labels"]
+        truth = procedural_buffers(backbone, seed, *view, resolution)["labels"]
         for name, script in SCRIPTED_EDITS.items():
             target, labels = scripted_target(truth, before[1], script, settings.dilation)
             if not np.any(target != before[1]):
                 rows.append({"seed": seed, "edit": name, "skipped": "the edit changes nothing in this view"})
                 continue
-            result = edit_identity(G, branch, ws, *EDIT_VIEW, target, settings, vgg_weights, labels, before)
+            result = edit_identity(G, branch, ws, *view, target, settings, vgg_weights, labels, before)
             rows.append({"seed": seed, "edit": name, "seconds": result.seconds, "steps": len(result.history),
                          "perceptual": result.perceptual,
                          "label_iou_before_edit": _miou(before[1], truth, num_classes), **edit_figures(result),
@@ -145,7 +146,7 @@ def evaluate_edits(backbone, branch, identities: int = 3, settings: EditSettings
                                         "floater_pixels", "new_foreground_pixels")}
                      for name in SCRIPTED_EDITS},
         "settings": dataclasses.asdict(settings),
-        "view": {"yaw": EDIT_VIEW[0], "pitch": EDIT_VIEW[1]},
+        "view": {"yaw": view[0], "pitch": view[1]},
         "identities": seeds,
         "resolution": resolution,
         "threads": torch.get_num_threads(),
