@@ -46,7 +46,7 @@ NOSE_GROWTH = 3
 # Views an edit's floaters are looked for in (yaw, pitch): an edit is optimised in one view only, so
 # density it creates where that view does not look goes unpunished unless something else holds it.
 FLOATER_VIEWS = ((-60.0, 0.0), (-30.0, 0.0), (30.0, 0.0), (60.0, 0.0), (0.0, 20.0), (0.0, -20.0))
-FOREGROUND = 0.5  # opacity from which a pixel is foreground
+FOREGROUND = 0.2  # opacity from which a pixel is foreground (a floater of 0.4 is plainly visible on grey)
 FLOATER_TOUCH = 2  # px: new foreground this close to the old silhouette belongs to the head
 FACE = [LABEL_IDS[name] for name in ("head", "muzzle", "left_eye", "right_eye", "nose")]
 

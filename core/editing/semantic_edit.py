@@ -10,8 +10,8 @@ where S(w) are the semantic branch's logits, I(w) the backbone's RGB, I₀ the R
 and P the perceptual loss (core.editing.perceptual), plus two terms of ours inside r, where the
 edit is judged: the CE there with each label's pixels weighed up the rarer the label, and the
 Lovász-softmax (a smooth 1 − mean IoU over the labels there); `EditSettings` says why, and
-A third term of ours holds the opacity at random points of the tri-plane box off r's rays (no
-floaters where the edit view does not look; `EditSettings.hold_weight`); region_weight =
+An opt-in third term holds the opacity at random points of the tri-plane box off r's rays
+(against floaters where the edit view does not look; `EditSettings.hold_weight`); region_weight =
 lovasz_weight = hold_weight = 0 gives the paper's loss. The camera stays where the edit was painted.
 Because the latent, not the image, changes, the edited identity can be seen from every angle.
 
@@ -88,10 +88,10 @@ class EditSettings:
     # the tri-plane box's border) is free, and shows as floaters from other angles. Each step
     # `hold_points` points drawn in the tri-plane box whose pixel in the edit view is farther than
     # `hold_margin` px (at `resolution`) from r keep their opacity: hold_weight × the mean
-    # squared change of a coarse sample's opacity there (`point_opacity`). 0: off. 30 removed
-    # every floater measured (the chelsea ear, an ear edit at yaw 35°) at −0.001 … −0.03 IoU
-    # inside r; 100 cost more on some edits, 300 lost a third of the chelsea ear edit.
-    hold_weight: float = 30.0
+    # squared change of a coarse sample's opacity there (`point_opacity`). 0: off (the default):
+    # at 30 it only fades the chelsea floater (peak opacity 0.51 → 0.44; 100: 0.39) for +10 % time
+    # and −0.003 IoU inside r; 300 lost a quarter of that ear edit (docs/editing.md, "Floaters").
+    hold_weight: float = 0.0
     hold_points: int = 4096
     hold_margin: int = 2
     dilation: int = 2  # pixels of r's dilation at the edited map's resolution
