@@ -9,7 +9,7 @@ optimised with Adam on
 where S(w) are the semantic branch's logits, I(w) the backbone's RGB, I₀ the RGB before the edit
 and P the perceptual loss (core.editing.perceptual), plus two terms of ours inside r, where the
 edit is judged: the CE there with each label's pixels weighed up the rarer the label, and the
-Lovász-softmax (a smooth 1 − mean IoU over the labels there); `EditSettings` says why, and
+Lovász-softmax (a smooth 1 − mean IoU over the labels there); `EditSettings` says why.
 An opt-in third term holds the opacity at random points of the tri-plane box off r's rays
 (against floaters where the edit view does not look; `EditSettings.hold_weight`); region_weight =
 lovasz_weight = hold_weight = 0 gives the paper's loss. The camera stays where the edit was painted.
