@@ -176,6 +176,23 @@ def ray_bundle(cam2world: torch.Tensor, intrinsics: torch.Tensor, resolution: in
     return origins, directions
 
 
+def project_to_pixels(camera_label, points: torch.Tensor, resolution: int):
+    """Where world points (M, 3) land in a resolution² view: (row, column, z), row and column the
+    pixel (long, floor; they may lie outside 0…R−1), z the depth along the optical axis (≤ 0:
+    behind the camera; check it before trusting row and column). The inverse of `ray_bundle`
+    (skew honoured), computed in the points' dtype."""
+    points = torch.as_tensor(points)
+    cam2world, intrinsics = (m[0].detach().to(points) for m in split_label(camera_label))
+    in_camera = (points - cam2world[:3, 3]) @ cam2world[:3, :3]  # x right, y down, z forward
+    z = in_camera[:, 2]
+    u = intrinsics[0, 0] * in_camera[:, 0] / z + intrinsics[0, 2] + intrinsics[0, 1] * in_camera[:, 1] / z
+    v = intrinsics[1, 1] * in_camera[:, 1] / z + intrinsics[1, 2]
+    finite = torch.isfinite(u) & torch.isfinite(v)
+    row = torch.where(finite, torch.floor(v * resolution), torch.full_like(v, -1)).long()
+    column = torch.where(finite, torch.floor(u * resolution), torch.full_like(u, -1)).long()
+    return row, column, z
+
+
 def _pixel_centres(resolution: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised (u, v) of every pixel centre, each (1, R*R), row-major."""
     index = torch.arange(resolution, dtype=torch.float32, device=device)

@@ -10,6 +10,7 @@ from core.camera import (
     camera_label,
     fov_to_intrinsics,
     look_at_cam2world,
+    project_to_pixels,
     ray_bundle,
     split_label,
 )
@@ -140,3 +141,17 @@ def test_centre_ray_points_at_pivot_and_pixels_are_row_major():
     assert directions[0, 0, 0] < 0 and directions[0, 0, 1] > 0
     assert directions[0, 4, 0] > 0 and directions[0, 4, 1] > 0
     assert directions[0, 20, 0] < 0 and directions[0, 20, 1] < 0
+
+
+def test_project_to_pixels_inverts_the_ray_bundle():
+    camera = Camera(yaw=35.0, pitch=-12.0)
+    cam2world, intrinsics = split_label(camera.label())
+    resolution = 24
+    origins, directions = ray_bundle(cam2world, intrinsics, resolution)
+    depths = torch.linspace(2.2, 3.2, resolution * resolution)[:, None]
+    points = origins[0] + depths * directions[0]
+    row, column, z = project_to_pixels(camera.label(), points, resolution)
+    assert torch.equal(row * resolution + column, torch.arange(resolution * resolution))
+    assert bool((z > 0).all())
+    behind = origins[0][:1] - directions[0][:1]
+    assert project_to_pixels(camera.label(), behind, resolution)[2].item() < 0

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.camera import DEFAULT_FOV_DEG, fov_to_intrinsics
+from core.camera import DEFAULT_FOV_DEG, fov_to_intrinsics, project_to_pixels
 from core.fitting.trainer import composite_on_grey, image_as_shown, learnt_on_grey
 from core.generator.triplane import CPU_RAY_CHUNK, View
 from core.semantic.rendering import (SAMPLES_PER_RAY, DenseSamples, ViewPrior, _rays, prior_samples,
@@ -313,17 +313,9 @@ def random_box_points(G, count: int, generator: torch.Generator) -> torch.Tensor
 
 def project_points(camera_label: torch.Tensor, points: torch.Tensor, resolution: int) -> torch.Tensor:
     """(M,) long: the row-major index of the pixel of a resolution² view (camera label (1, 25))
-    each world point (M, 3) falls in; -1 for points behind the camera or outside the view. The
-    inverse of core.camera.ray_bundle (no skew, as the studio's cameras have none)."""
-    cam2world = camera_label[0, :16].reshape(4, 4).detach()
-    intrinsics = camera_label[0, 16:25].reshape(3, 3).detach()
-    homogeneous = torch.cat([points, torch.ones(len(points), 1)], 1)
-    camera = (torch.linalg.inv(cam2world) @ homogeneous.T).T[:, :3]
-    depth = camera[:, 2]
-    u = intrinsics[0, 0] * camera[:, 0] / depth + intrinsics[0, 2]
-    v = intrinsics[1, 1] * camera[:, 1] / depth + intrinsics[1, 2]
-    column, row = torch.floor(u * resolution).long(), torch.floor(v * resolution).long()
-    inside = (depth > 0) & (column >= 0) & (column < resolution) & (row >= 0) & (row < resolution)
+    each world point (M, 3) falls in; -1 for points behind the camera or outside the view."""
+    row, column, z = project_to_pixels(camera_label, points, resolution)
+    inside = (z > 0) & (column >= 0) & (column < resolution) & (row >= 0) & (row < resolution)
     return torch.where(inside, row * resolution + column, torch.full_like(row, -1))
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.camera import Camera, ray_bundle, split_label
+from core.camera import Camera, project_to_pixels, ray_bundle, split_label
 from core.metrics import confusion_matrix, label_figures, mean_iou
 
 # (yaw, pitch) in degrees: inside the annotated yaw range (−30°…+30°), none of its poses.
@@ -189,16 +189,11 @@ def warp_agreement(a: LabelledDepth, camera_a: Camera, b: LabelledDepth, camera_
     points = origins[surface] + depth_a[surface, None] * directions[surface]
     labels_a = np.asarray(a.labels).reshape(-1)[surface]
 
-    cam2world, intrinsics = (m[0].numpy().astype(np.float64) for m in split_label(camera_b.label()))
-    rotation, position = cam2world[:3, :3], cam2world[:3, 3]
-    in_camera = (points - position) @ rotation  # rows are points in B's camera frame (x right, y down, z forward)
-    z = in_camera[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u = intrinsics[0, 0] * in_camera[:, 0] / z + intrinsics[0, 2] + intrinsics[0, 1] * in_camera[:, 1] / z
-        v = intrinsics[1, 1] * in_camera[:, 1] / z + intrinsics[1, 2]
-    column, row = np.floor(u * resolution_b), np.floor(v * resolution_b)
+    label_b = camera_b.label().double()
+    row, column, z = (x.numpy() for x in project_to_pixels(label_b, torch.from_numpy(points), resolution_b))
     on_screen = (z > 0) & (column >= 0) & (column < resolution_b) & (row >= 0) & (row < resolution_b)
-    column, row = column[on_screen].astype(np.int64), row[on_screen].astype(np.int64)
+    column, row = column[on_screen], row[on_screen]
+    position = split_label(label_b)[0][0, :3, 3].numpy()
     distance = np.linalg.norm(points[on_screen] - position, axis=1)
     depth_b = np.asarray(b.depth, np.float64)[row, column]
     visible = np.isfinite(depth_b) & (np.abs(depth_b - distance) <= tolerance)
