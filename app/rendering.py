@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from core.camera import DEFAULT_FOV_DEG, Camera
-from core.generator.culling import occupancy_grid, render_culled
+from core.generator.culling import cached_occupancy_grid, render_culled
 from core.factory.pointcloud import PointCloud, fuse_identity_views
 from core.factory.views import ALPHA_THRESHOLD
 from core.fitting.trainer import image_as_shown, learnt_on_grey
@@ -35,8 +34,6 @@ COARSE_SAMPLES_PER_RAY = (12, 12)
 # 64³ takes 0.27 s) keeps the first full frame quick, the dilation keeping it conservative.
 SKIP_EMPTY_SPACE = True
 OCCUPANCY_GRID = 32
-_OCCUPANCY_CACHE = 8
-_occupancies: OrderedDict[int, tuple] = OrderedDict()  # id(identity) -> (identity, Occupancy)
 
 
 @dataclass(frozen=True)
@@ -121,21 +118,9 @@ def _render_skipping_empty_space(backbone, identity, camera, neural_resolution):
     generator = backbone.generator
     resolution = neural_resolution or generator.neural_rendering_resolution
     label = camera.label().to(backbone.device)[None]
-    view, _ = render_culled(generator, identity, label, resolution, _occupancy(generator, identity))
+    view, _ = render_culled(generator, identity, label, resolution,
+                            cached_occupancy_grid(generator, identity, OCCUPANCY_GRID))
     return view
-
-
-def _occupancy(generator, identity):
-    """The identity's occupancy grid, computed on its first full-sample frame (under the render turn)."""
-    entry = _occupancies.get(id(identity))
-    if entry is not None and entry[0] is identity:
-        _occupancies.move_to_end(id(identity))
-        return entry[1]
-    occupancy = occupancy_grid(generator, identity, resolution=OCCUPANCY_GRID)
-    _occupancies[id(identity)] = (identity, occupancy)  # holding the identity keeps its id() unique
-    while len(_occupancies) > _OCCUPANCY_CACHE:
-        _occupancies.popitem(last=False)
-    return occupancy
 
 
 def _labels(branch, backbone, identity, camera, view) -> np.ndarray:

@@ -9,11 +9,8 @@ on: `G.synthesize`, `G.render(..., return_samples=True)`, `prior_samples` (the d
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
-import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import cv2
@@ -33,10 +30,6 @@ PITCH_LIMIT = 60.0  # degrees: the look-at frame degenerates towards ±90
 # neural resolution, two at the output's) see past: logits there differ from a full render's.
 SEMANTIC_BORDER = 4
 MAX_CROPS = 4  # separate squares per edit at most (each runs the semantic super-resolution)
-# Occupancy grids kept per generator (render_still): the latents of an edit's before and after,
-# and the Edit workspace's identity while its orbit slider moves.
-OCCUPANCY_CACHE_SIZE = 4
-_occupancy_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -112,16 +105,16 @@ def render_still(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: in
     """`render` without autograd, for results and previews: on a CPU, empty space is skipped as the
     factory and the studio's frames skip it (core.generator.culling says what may differ from the
     full render), which makes a 128² view about a third cheaper, its occupancy grid included. The
-    grid of a latent is kept (`cached_occupancy`), so further views of it cost only the render."""
+    grid of a latent is kept (`culling.cached_occupancy_grid`), so further views of it cost only the render."""
     if ws.device.type != "cpu":
         return render(G, ws, camera_label, resolution, branch)
-    from core.generator.culling import render_culled
+    from core.generator.culling import cached_occupancy_grid, render_culled
     from core.semantic.rendering import labels_for_view
 
     identity = G.synthesize(ws)
     neural = min(int(resolution), int(G.neural_rendering_resolution))
     camera_label = camera_label.to(ws.device)
-    view, _ = render_culled(G, identity, camera_label, neural, cached_occupancy(G, identity))
+    view, _ = render_culled(G, identity, camera_label, neural, cached_occupancy_grid(G, identity))
     image = _resized(image_as_shown(G, view), resolution)
     if branch is None:
         return Render(image, None)
@@ -137,25 +130,6 @@ def render_opacity(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: 
     view = G.render(G.synthesize(ws), camera_label.to(ws.device), neural, deterministic=True, return_samples=True)
     opacity = view.samples["weights"].sum(2)[0, :, 0].reshape(neural, neural)
     return opacity.clamp(0, 1).cpu().numpy().astype(np.float32)
-
-
-def cached_occupancy(G, identity):
-    """`occupancy_grid(G, identity)`, remembered for the OCCUPANCY_CACHE_SIZE latents last asked
-    for per generator. The key is the latent's bytes and the generator's parameter versions, so
-    a generator trained in place since gets a new grid."""
-    from core.generator.culling import occupancy_grid
-
-    ws = identity.ws.detach()
-    key = (hashlib.blake2b(ws.cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest(),
-           sum(parameter._version for parameter in G.parameters()))
-    cache = _occupancy_cache.setdefault(G, OrderedDict())
-    if key in cache:
-        cache.move_to_end(key)
-        return cache[key]
-    occupancy = cache[key] = occupancy_grid(G, identity)
-    while len(cache) > OCCUPANCY_CACHE_SIZE:
-        cache.popitem(last=False)
-    return occupancy
 
 
 def _semantic_logits(G, branch, semantic_planes, view: View, origins, directions, neural: int, resolution: int,

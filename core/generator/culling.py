@@ -25,6 +25,10 @@ features are decoded, sorted and composited (the other 29 are never read).
 """
 from __future__ import annotations
 
+import hashlib
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 
@@ -208,6 +212,34 @@ class CulledRenderer(ImportanceRenderer):
             rgb[where] = out["rgb"][0].to(rgb.dtype)
             sigma[where] = out["sigma"][0].to(sigma.dtype)
         return {"rgb": rgb, "sigma": sigma}
+
+
+# Occupancy grids remembered per generator (`cached_occupancy_grid`): the studio's recent
+# identities while the user orbits or steps through seeds, an edit's before and after.
+GRID_CACHE_SIZE = 8
+_grid_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # generator -> OrderedDict
+_grid_cache_lock = threading.Lock()
+
+
+def cached_occupancy_grid(generator, identity: Identity, resolution: int | None = None) -> Occupancy:
+    """`occupancy_grid(generator, identity, resolution)`, remembered for the GRID_CACHE_SIZE
+    (latent, grid size) pairs last asked for per generator. The key is the latent's bytes and the
+    generator's parameter versions, so the same latent asked for again (another frame, a new
+    Identity object of it) costs nothing, and a generator changed in place since gets a new grid."""
+    ws = identity.ws.detach()
+    key = (hashlib.blake2b(ws.cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest(), resolution,
+           sum(parameter._version for parameter in generator.parameters()))
+    with _grid_cache_lock:
+        cache = _grid_cache.setdefault(generator, OrderedDict())
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+    occupancy = occupancy_grid(generator, identity, resolution)  # outside the lock: other callers go on
+    with _grid_cache_lock:
+        cache[key] = occupancy
+        while len(cache) > GRID_CACHE_SIZE:
+            cache.popitem(last=False)
+    return occupancy
 
 
 def skipping_grid(generator, identity: Identity, resolution: int | None = None) -> Occupancy | None:
