@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from core.camera import DEFAULT_FOV_DEG, fov_to_intrinsics, project_to_pixels
 from core.fitting.trainer import composite_on_grey, image_as_shown, learnt_on_grey
+from core.generator.rendering import MipRayMarcher2
 from core.generator.triplane import CPU_RAY_CHUNK, View
 from core.semantic.rendering import (SAMPLES_PER_RAY, DenseSamples, ViewPrior, _rays, prior_samples,
                                      render_semantic)
@@ -295,13 +296,13 @@ def project_points(camera_label: torch.Tensor, points: torch.Tensor, resolution:
 
 def point_opacity(G, planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """(M,) opacity of a coarse sample interval of the backbone at world points (M, 3): 1 −
-    exp(−σ δ), σ the marcher's activated density (softplus(raw − 1)) and δ the coarse samples'
-    spacing: what a sample there adds to a ray, 0 in empty space, 1 in solid matter."""
+    exp(−σ δ), σ the marcher's activated density and δ the coarse samples' spacing: what a sample
+    there adds to a ray, 0 in empty space, 1 in solid matter."""
     options = G.rendering_kwargs
     spacing = (float(options["ray_end"]) - float(options["ray_start"])) / int(options["depth_resolution"])
     raw = G.renderer.run_model(planes, G.decoder, points[None], torch.zeros_like(points)[None], options,
                                deterministic=True)["sigma"][0, :, 0]
-    return 1 - torch.exp(-F.softplus(raw - 1) * spacing)
+    return 1 - torch.exp(-MipRayMarcher2.activated_density(raw) * spacing)
 
 
 def supports_parts(G, resolution: int) -> bool:

@@ -35,7 +35,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from core.generator.rendering import ImportanceRenderer
+from core.generator.rendering import ImportanceRenderer, MipRayMarcher2
 from core.generator.triplane import CPU_RAY_CHUNK, Identity, View
 
 # Grid cells per side: half the planes' resolution (64 for EG3D-sized or the default 128² planes),
@@ -164,13 +164,13 @@ def occupancy_grid(generator, identity: Identity, resolution: int | None = None,
         sigma.append(renderer.run_model(planes, density_only, chunk, torch.zeros_like(chunk), options)["sigma"].reshape(-1))
     sigma = torch.cat(sigma)
     rgb = renderer.run_model(planes, generator.decoder, outside_point, torch.zeros_like(outside_point), options)["rgb"][0, 0]
-    dense = F.softplus(sigma - 1) > threshold
+    dense = MipRayMarcher2.activated_density(sigma) > threshold
     volume, plane = resolution ** 3, resolution ** 2
     cells = _dilate(dense[:volume].reshape(resolution, resolution, resolution), dilation)
     map_z = _dilate(dense[volume:volume + plane].reshape(resolution, resolution), dilation)
     map_y = _dilate(dense[volume + plane:volume + 2 * plane].reshape(resolution, resolution), dilation)
     margin = box / identity.planes.shape[-1]  # one texel
-    outside_density = float(F.softplus(sigma[-1] - 1))
+    outside_density = float(MipRayMarcher2.activated_density(sigma[-1]))
     return Occupancy(cells, map_z, map_y, box, margin, rgb.clone(), sigma[-1:].clone(), outside_density)
 
 

@@ -151,9 +151,7 @@ class MipRayMarcher2(nn.Module):
         if rendering_options["clamp_mode"] != "softplus":
             raise ValueError("MipRayMarcher2 supports clamp_mode='softplus' only")
         deltas = depths[:, :, 1:] - depths[:, :, :-1]
-        # The -1 bias on the activation is part of the trained model (it made initialisation
-        # start from a mostly empty volume).
-        sigma = F.softplus(_midpoints(densities) - 1)
+        sigma = self.activated_density(_midpoints(densities))
         weights = self.interval_weights(sigma, deltas)
         rgb = self.composite(colors, weights)
         weight_total = weights.sum(2)
@@ -161,6 +159,12 @@ class MipRayMarcher2(nn.Module):
         if rendering_options.get("white_back", False):
             rgb = rgb + 1 - weight_total
         return rgb * 2 - 1, depth, weights
+
+    @staticmethod
+    def activated_density(raw: torch.Tensor) -> torch.Tensor:
+        """EG3D's density from the decoder's raw σ: softplus(raw − 1). The −1 bias is part of the
+        trained model (it made initialisation start from a mostly empty volume)."""
+        return F.softplus(raw - 1)
 
     @staticmethod
     def interval_weights(sigma: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:

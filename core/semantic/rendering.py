@@ -256,8 +256,8 @@ def _composite_with_own_density(branch, planes, samples: DenseSamples):
         features.append(decoded["features"].view(-1, m, s))
         sigma.append(decoded["sigma"].view(m, s))
     features, sigma = torch.stack(features), torch.stack(sigma)  # (N, F, M, S), (N, M, S)
-    # EG3D's activation (softplus with the -1 bias) on the interval means, as MipRayMarcher2 does.
-    interval_sigma = F.softplus((sigma[..., :-1] + sigma[..., 1:]) / 2 - 1)
+    # EG3D's activation on the interval means, as MipRayMarcher2 does.
+    interval_sigma = MipRayMarcher2.activated_density((sigma[..., :-1] + sigma[..., 1:]) / 2)
     deltas = samples.depths[..., 1:] - samples.depths[..., :-1]
     weights = MipRayMarcher2.interval_weights(interval_sigma[..., None], deltas[..., None])[..., 0]
     composited = (features * sample_coefficients(weights)[:, None]).sum(3)
