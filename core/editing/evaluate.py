@@ -36,7 +36,7 @@ from core.editing.inversion import InversionSettings, invert_image
 from core.editing.rendering import CameraRig, render_opacity, to_uint8
 from core.editing.semantic_edit import EditSettings, edit_identity, render_view
 from core.editing.store import edit_figures
-from core.metrics import confusion_matrix, mean_iou, per_class_iou, psnr
+from core.metrics import confusion_matrix, mean_iou, psnr
 from core.procedural import LABEL_IDS, HeadParams, render as procedural_render, seeds_for
 
 EDIT_VIEW = (0.0, 0.0)
@@ -120,8 +120,6 @@ def evaluate_edits(backbone, branch, identities: int = 3, settings: EditSettings
             rows.append({"seed": seed, "edit": name, "seconds": result.seconds, "steps": len(result.history),
                          "perceptual": result.perceptual,
                          "label_iou_before_edit": _miou(before[1], truth, num_classes), **edit_figures(result),
-                         "iou_in_region_target_labels": _target_labels_iou(result, num_classes),
-                         "iou_in_region_target_labels_before": _target_labels_iou(result, num_classes, before=True),
                          **floater_figures(G, ws, result.ws, before=shapes_before)})
             if progress:
                 progress(len(rows), len(seeds) * len(SCRIPTED_EDITS))
@@ -225,14 +223,6 @@ def floater_figures(G, start_ws: torch.Tensor, edited_ws: torch.Tensor, views=FL
     counts = [floater_pixels(old, new) for old, new in zip(before, silhouettes(G, edited_ws, views))]
     return {"floater_pixels": sum(c[0] for c in counts), "new_foreground_pixels": sum(c[1] for c in counts),
             "floater_pixels_per_view": {f"{yaw:+.0f}/{pitch:+.0f}": c[0] for (yaw, pitch), c in zip(views, counts)}}
-
-
-def _target_labels_iou(result, num_classes: int, before: bool = False) -> float:
-    """Mean IoU inside r over the labels the edited map has there (see the module docstring)."""
-    inside = result.region
-    rendered = (result.labels_before if before else result.labels_after)[inside]
-    ious = per_class_iou(confusion_matrix(rendered, result.target[inside], num_classes))
-    return float(np.mean(ious[np.unique(result.target[inside])]))
 
 
 def _miou(prediction, truth, num_classes) -> float:

@@ -187,15 +187,18 @@ def _palette_lookup(palette) -> np.ndarray:
 
 
 def edit_figures(result) -> dict:
-    """IoU of the target labels inside r (mean over the classes present there) before and after the
-    edit, and PSNR outside r of the after render against the before render."""
-    from core.metrics import confusion_matrix, mean_iou, psnr
+    """IoU of the target labels inside r before and after the edit — the mean over the classes in
+    the render or the target there, and (`…_target_labels`) over the target's classes only, see
+    core.editing.evaluate — and PSNR outside r of the after render against the before render."""
+    from core.metrics import confusion_matrix, mean_iou, per_class_iou, psnr
 
     num_classes = int(max(result.target.max(), result.labels_after.max(), result.labels_before.max())) + 1
     inside = result.region
-    after = mean_iou(confusion_matrix(result.labels_after[inside], result.target[inside], num_classes))
-    before = mean_iou(confusion_matrix(result.labels_before[inside], result.target[inside], num_classes))
-    outside = ~inside
-    return {"iou_in_region": after, "iou_in_region_before": before,
-            "psnr_outside_region": psnr(result.rgb_after / 255.0, result.rgb_before / 255.0, mask=outside),
+    target = result.target[inside]
+    figures = {}
+    for suffix, labels in (("", result.labels_after), ("_before", result.labels_before)):
+        confusion = confusion_matrix(labels[inside], target, num_classes)
+        figures["iou_in_region" + suffix] = mean_iou(confusion)
+        figures["iou_in_region_target_labels" + suffix] = float(np.mean(per_class_iou(confusion)[np.unique(target)]))
+    return {**figures, "psnr_outside_region": psnr(result.rgb_after / 255.0, result.rgb_before / 255.0, mask=~inside),
             "region_fraction": float(inside.mean())}
