@@ -12,8 +12,9 @@ from core.cli import main
 from core.fileio import read_rgb
 from core.fitting import evaluate as evaluation
 from core.fitting.config import FitSettings, tiny_fit_config
-from core.fitting.trainer import (FitError, FitRequest, TrainingState, build_generator, fit, make_optimizer,
-                                  next_batch, set_learning_rate, state_path, train_step)
+from core.fitting.trainer import (FitError, FitRequest, TrainingState, build_generator, fit, frontal_rays,
+                                  make_optimizer, next_batch, predict_rays, recording_colour_logits,
+                                  set_learning_rate, state_path, train_step, unsaturate_colour)
 from core.procedural import ProceduralHead
 
 EVALUATION_KEYS = {"psnr", "silhouette_iou", "depth_error", "identities", "views"}
@@ -47,6 +48,51 @@ def test_a_few_steps_on_one_batch_lower_the_loss():
     losses = [train_step(state, batch)["total"] for _ in range(12)]
     assert all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < 0.8 * losses[0]
+
+
+def saturate_colour(generator, factor: float = 200.0) -> None:
+    with torch.no_grad():
+        generator.decoder.net[-1].weight[1:] *= factor
+        generator.decoder.net[-1].bias[1:] *= factor
+
+
+def colour_logit_p99(generator) -> float:
+    origins, directions = frontal_rays(generator, resolution=16)
+    z = torch.from_numpy(np.random.RandomState(0).randn(2, generator.z_dim)).float()
+    with torch.no_grad(), recording_colour_logits(generator) as logits:
+        predict_rays(generator, z, origins.expand(2, -1, -1), directions.expand(2, -1, -1), stochastic=False)
+    return float(torch.quantile(torch.cat([x.reshape(-1) for x in logits]).abs(), 0.99))
+
+
+def colour_gradient(state) -> float:
+    state.optimizer.zero_grad(set_to_none=True)
+    torch.manual_seed(0)
+    train_step(state, next_batch(state, "cpu"))
+    return float(state.generator.decoder.net[-1].weight.grad[1:4].abs().sum())
+
+
+def test_saturated_colours_are_pulled_back_into_the_trainable_range():
+    """A saturated sigmoid passes no gradient to colour; the hinge on |pre-activation| does."""
+    state = tiny_state(tiny_settings(colour_logit_weight=0.0))
+    saturate_colour(state.generator)
+    assert colour_logit_p99(state.generator) > 50
+    unguarded = colour_gradient(state)
+    state.settings.colour_logit_weight = 0.01
+    guarded = colour_gradient(state)
+    assert guarded > 100 * unguarded
+    losses = train_step(state, next_batch(state, "cpu"))
+    assert losses["saturation"] > 0
+
+
+def test_unsaturate_colour_rescales_only_the_colour_outputs():
+    generator = build_generator(tiny_fit_config(), seed=0)
+    saturate_colour(generator)
+    density_row = generator.decoder.net[-1].weight[0].clone()
+    factor = unsaturate_colour(generator, bound=4.0)
+    assert factor < 0.1
+    assert colour_logit_p99(generator) == pytest.approx(4.0, rel=0.3)
+    assert torch.equal(generator.decoder.net[-1].weight[0], density_row)
+    assert unsaturate_colour(generator, bound=4.0) == pytest.approx(1.0, abs=0.3)
 
 
 def test_the_trainer_never_reads_part_labels(monkeypatch):
@@ -127,6 +173,8 @@ def test_fit_backbone_cli_rejects_bad_arguments(tmp_path, capsys):
     assert main(["fit-backbone", "--out", str(tmp_path / "g.png"), "--steps", "1"]) == 2
     assert ".safetensors" in capsys.readouterr().err
     assert main(["fit-backbone", "--out", str(tmp_path / "g.safetensors"), "--steps", "1", "--resume"]) == 2
+    assert main(["fit-backbone", "--out", str(tmp_path / "g.safetensors"), "--steps", "1", "--unsaturate-colour"]) == 2
+    assert "use it with --resume" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- evaluation

@@ -19,6 +19,9 @@ def fit_backbone_parser(sub) -> None:
     p.add_argument("--steps", type=int, help="stop at this total number of steps")
     p.add_argument("--resume", action="store_true", help="continue from --out and its sidecar")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--unsaturate-colour", action="store_true",
+                   help="with --resume: first scale the decoder's colour outputs back into the sigmoid's "
+                        "trainable range (a fit whose colours saturated stops learning them)")
     add_threads_argument(p)
     p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints (default 300)")
     p.set_defaults(run=_fit_backbone)
@@ -33,7 +36,7 @@ def _fit_backbone(args) -> None:
     use_threads(args.threads)
     settings = FitSettings(checkpoint_every_s=args.checkpoint_every)
     request = FitRequest(out=args.out, minutes=args.minutes, steps=args.steps, resume=args.resume,
-                         device=args.device, settings=settings)
+                         device=args.device, settings=settings, unsaturate_colour=args.unsaturate_colour)
     bar = _ProgressBar(args.minutes, args.steps)
     try:
         with _sigterm_as_interrupt():
@@ -45,6 +48,8 @@ def _fit_backbone(args) -> None:
         print(f"interrupted: checkpoint saved to {args.out}; continue with --resume")
         raise
     bar.close()
+    if result.colour_rescale is not None:
+        print(f"colour outputs scaled by {result.colour_rescale:.4g} before training")
     print(f"saved {result.out} at step {result.step} (loss {result.loss:.4f}, "
           f"{result.train_seconds / 60:.1f} min of training in all)")
 
@@ -54,6 +59,8 @@ def _check_fit_arguments(args, UserError) -> None:
         raise UserError("give --minutes or --steps (or both)")
     if args.minutes is not None and args.minutes <= 0:
         raise UserError("--minutes must be positive")
+    if args.unsaturate_colour and not args.resume:
+        raise UserError("--unsaturate-colour repairs an existing fit: use it with --resume")
     if args.steps is not None and args.steps < 1:
         raise UserError("--steps must be at least 1")
     if args.device == "cuda":
@@ -97,7 +104,8 @@ class _ProgressBar:
         done = progress.step if self.by_steps else int(progress.elapsed_s)
         self.bar.update(max(done - self.bar.n, 0))
         postfix = {"step": progress.step, "loss": f"{progress.loss:.4f}", "rgb": f"{progress.losses['rgb']:.4f}",
-                   "alpha": f"{progress.losses['alpha']:.4f}", "depth": f"{progress.losses['depth']:.4f}"}
+                   "alpha": f"{progress.losses['alpha']:.4f}", "depth": f"{progress.losses['depth']:.4f}",
+                   "sat": f"{progress.losses['saturation']:.3g}"}
         if progress.eta_s is not None:
             postfix["eta"] = f"{progress.eta_s / 60:.1f}min"
         self.bar.set_postfix(postfix, refresh=False)

@@ -88,6 +88,12 @@ class FitSettings:
     checkpoint_every_s: float = 300.0
     data_seed: int = 0                # step k draws its identities/views from data_seed + k
     stochastic: bool = True           # EG3D's jittered sampling while training
+    # Colour is a sigmoid of the decoder's output: past |x| ~ 4 its gradient all but vanishes
+    # and that colour stops learning for good.  The first shipped fit drifted to |x| ~ 100 (the
+    # large plane features that sharp density needs pass through the same hidden layer) and
+    # rendered saturated rainbow rings.  A hinge on |x| beyond the bound keeps colour trainable.
+    colour_logit_bound: float = 4.0
+    colour_logit_weight: float = 0.01
     z_samples_for_w_avg: int = 4096
 
     def to_dict(self) -> dict:

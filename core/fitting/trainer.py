@@ -14,6 +14,7 @@ import io
 import math
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,7 +25,7 @@ import torch
 from core.checkpoint.studio_format import load_generator, read_generator_config, save_generator
 from core.fileio import atomic_write_bytes
 from core.fitting.config import FitSettings, default_config
-from core.fitting.data import RayBatch, sample_batch
+from core.fitting.data import RayBatch, camera_for, sample_batch, view_rays
 from core.generator.triplane import TriPlaneGenerator
 
 MAX_BAD_STEPS_IN_A_ROW = 20
@@ -45,6 +46,7 @@ class FitRequest:
     settings: FitSettings = field(default_factory=FitSettings)
     config: tuple[dict, int] | None = None   # (init kwargs, neural resolution); default_config()
     init_seed: int = 0
+    unsaturate_colour: bool = False   # rescale saturated colour outputs once before training
 
 
 @dataclass
@@ -65,6 +67,7 @@ class FitResult:
     train_seconds: float              # over all runs, resumes included
     stopped: bool                     # True when should_stop (or an interrupt) ended it
     out: Path
+    colour_rescale: float | None = None   # the factor unsaturate_colour applied, if asked
 
 
 # ---------------------------------------------------------------------------- model and state
@@ -182,21 +185,72 @@ def image_as_shown(G, view) -> torch.Tensor:
     return composite_on_grey(view.image, alpha) * 2 - 1
 
 
-def fit_losses(prediction: dict, batch: RayBatch, settings: FitSettings) -> dict:
+def fit_losses(prediction: dict, batch: RayBatch, settings: FitSettings, colour_logits: list) -> dict:
     foreground = batch.alpha > 0.5
     rgb = torch.mean((prediction["rgb"] - batch.rgb) ** 2)
     alpha = torch.mean((prediction["alpha"] - batch.alpha) ** 2)
     depth_error = (prediction["depth"] - batch.depth).abs() / HEAD_RADIUS
     depth = depth_error[foreground].mean() if foreground.any() else depth_error.sum() * 0
-    total = settings.rgb_weight * rgb + settings.alpha_weight * alpha + settings.depth_weight * depth
-    return {"total": total, "rgb": rgb, "alpha": alpha, "depth": depth}
+    saturation = colour_saturation(colour_logits, settings.colour_logit_bound)
+    total = (settings.rgb_weight * rgb + settings.alpha_weight * alpha + settings.depth_weight * depth
+             + settings.colour_logit_weight * saturation)
+    return {"total": total, "rgb": rgb, "alpha": alpha, "depth": depth, "saturation": saturation}
+
+
+@contextmanager
+def recording_colour_logits(generator: TriPlaneGenerator):
+    """Collects the RGB pre-activations (before the decoder's sigmoid) of every point decoded
+    inside the block, coarse and importance passes alike."""
+    recorded = []
+    output_layer = generator.decoder.net[-1]
+    handle = output_layer.register_forward_hook(lambda layer, inputs, output: recorded.append(output[..., 1:4]))
+    try:
+        yield recorded
+    finally:
+        handle.remove()
+
+
+def colour_saturation(colour_logits: list, bound: float) -> torch.Tensor:
+    """Mean squared excess of |pre-activation| over `bound`: 0 while every colour is trainable."""
+    if not colour_logits:
+        raise RuntimeError("no colour pre-activations were recorded: the decoder was not run")
+    excess = torch.relu(torch.cat([x.reshape(-1) for x in colour_logits]).abs() - bound)
+    return torch.mean(excess ** 2)
+
+
+@torch.no_grad()
+def unsaturate_colour(generator: TriPlaneGenerator, bound: float, identities: int = 4) -> float:
+    """Scale the decoder's colour outputs so that the 99th percentile of |pre-activation| on the
+    samples of a few prior identities' frontal views is `bound`; the factor used (1 when they are
+    already within it).  A one-off repair of a fit whose colours saturated: density is untouched,
+    colours restart from the mid range, and training can move them again."""
+    generator.eval()
+    z = torch.from_numpy(np.random.RandomState(0).randn(identities, generator.z_dim)).float()
+    origins, directions = frontal_rays(generator)
+    with recording_colour_logits(generator) as logits:
+        predict_rays(generator, z.to(origins.device), origins.expand(identities, -1, -1),
+                     directions.expand(identities, -1, -1), stochastic=False)
+    magnitude = torch.cat([x.reshape(-1) for x in logits]).abs()
+    percentile = float(torch.quantile(magnitude[torch.randperm(len(magnitude))[:1_000_000]], 0.99))
+    factor = min(1.0, bound / max(percentile, 1e-12))
+    output_layer = generator.decoder.net[-1]
+    output_layer.weight[1:] *= factor
+    output_layer.bias[1:] *= factor
+    return factor
+
+
+def frontal_rays(generator: TriPlaneGenerator, resolution: int = 64):
+    origins, directions = view_rays(camera_for(0.0, 0.0), resolution)
+    device = next(generator.parameters()).device
+    return torch.from_numpy(origins)[None].to(device), torch.from_numpy(directions)[None].to(device)
 
 
 def train_step(state: TrainingState, batch: RayBatch) -> dict:
     state.generator.train()
-    prediction = predict_rays(state.generator, batch.z, batch.origins, batch.directions,
-                              state.settings.stochastic, update_w_avg=True)
-    losses = fit_losses(prediction, batch, state.settings)
+    with recording_colour_logits(state.generator) as colour_logits:
+        prediction = predict_rays(state.generator, batch.z, batch.origins, batch.directions,
+                                  state.settings.stochastic, update_w_avg=True)
+    losses = fit_losses(prediction, batch, state.settings, colour_logits)
     state.optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
     values = {name: float(value.detach()) for name, value in losses.items()}
@@ -270,6 +324,9 @@ def fit(request: FitRequest, progress: Callable[[FitProgress], None] | None = No
     if request.minutes is None and request.steps is None:
         raise FitError("give --minutes or --steps (or both): the fit needs a place to stop")
     state = start_or_resume(request)
+    colour_rescale = None
+    if request.unsaturate_colour:
+        colour_rescale = unsaturate_colour(state.generator, state.settings.colour_logit_bound)
     device = torch.device(request.device)
     out = Path(request.out)
     run_start = time.monotonic()
@@ -295,7 +352,7 @@ def fit(request: FitRequest, progress: Callable[[FitProgress], None] | None = No
         save_checkpoint(state, out)
         raise
     save_checkpoint(state, out)
-    return FitResult(state.step, state.last_loss, state.train_seconds, stopped, out)
+    return FitResult(state.step, state.last_loss, state.train_seconds, stopped, out, colour_rescale)
 
 
 def run_fraction(request: FitRequest, step: int, first_step: int, run_start: float) -> float:
