@@ -12,7 +12,7 @@ from core.cli import main
 from core.fileio import read_rgb
 from core.fitting import evaluate as evaluation
 from core.fitting.config import FitSettings, tiny_fit_config
-from core.fitting.trainer import (FitError, FitRequest, TrainingState, build_generator, fit, frontal_rays,
+from core.fitting.trainer import (FitError, FitRequest, TrainingState, build_generator, camera_rays, fit,
                                   make_optimizer, next_batch, predict_rays, recording_colour_logits,
                                   set_learning_rate, state_path, train_step, unsaturate_colour)
 from core.procedural import ProceduralHead
@@ -57,7 +57,7 @@ def saturate_colour(generator, factor: float = 200.0) -> None:
 
 
 def colour_logit_p99(generator) -> float:
-    origins, directions = frontal_rays(generator, resolution=16)
+    origins, directions = camera_rays(0.0, 0.0, 16, "cpu")
     z = torch.from_numpy(np.random.RandomState(0).randn(2, generator.z_dim)).float()
     with torch.no_grad(), recording_colour_logits(generator) as logits:
         predict_rays(generator, z, origins.expand(2, -1, -1), directions.expand(2, -1, -1), stochastic=False)

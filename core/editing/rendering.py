@@ -129,8 +129,7 @@ def render_opacity(G, ws: torch.Tensor, camera_label: torch.Tensor, resolution: 
     floater figures compare (core.editing.evaluate.floater_figures)."""
     neural = min(int(resolution), int(G.neural_rendering_resolution))
     view = G.render(G.synthesize(ws), camera_label.to(ws.device), neural, deterministic=True, return_samples=True)
-    opacity = view.samples["weights"].sum(2)[0, :, 0].reshape(neural, neural)
-    return opacity.clamp(0, 1).cpu().numpy().astype(np.float32)
+    return view.opacity()[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
 
 
 def _semantic_logits(G, branch, semantic_planes, view: View, origins, directions, neural: int, resolution: int,

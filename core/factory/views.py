@@ -110,8 +110,7 @@ def render_identity_views(
         batch_semantic = SemanticIdentity(batch_identity, semantic.planes.expand(count, -1, -1, -1, -1))
         view = render_with_samples(generator, batch_identity, cameras, neural_resolution, occupancy)
         labelled = labels_for_view(branch, generator, batch_semantic, cameras, resolution, view=view)
-        alpha = view.samples["weights"].sum(2).reshape(count, 1, neural_resolution, neural_resolution)
-        depth, alpha = _upsample_depth(view.depth, alpha, resolution)
+        depth, alpha = _upsample_depth(view.depth, view.opacity(), resolution)
         parts.append((_rgb_uint8(view.image, resolution), labelled.labels.to(torch.uint8).cpu().numpy(),
                       depth[:, 0].cpu().numpy(), alpha[:, 0].cpu().numpy()))
     rgb, labels, depth, alpha = (np.concatenate(arrays) for arrays in zip(*parts))

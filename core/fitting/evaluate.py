@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from core.fitting.data import camera_for, view_rays
-from core.fitting.trainer import HEAD_RADIUS, render_rays, synthesize_identity
+from core.fitting.data import camera_for
+from core.fitting.trainer import HEAD_RADIUS, camera_rays, render_rays, synthesize_identity
 from core.metrics import psnr
 from core.procedural import HeadParams, ProceduralHead, latent_for_seed, seeds_for
 
@@ -43,9 +43,7 @@ def backbone_view(generator, seed_or_identity, yaw: float, pitch: float, resolut
     identity = seed_or_identity
     if isinstance(seed_or_identity, int):
         identity = backbone_identity(generator, seed_or_identity)
-    device = identity.planes.device
-    origins, directions = view_rays(camera_for(yaw, pitch), resolution)
-    rays = [torch.from_numpy(array)[None].to(device) for array in (origins, directions)]
+    rays = camera_rays(yaw, pitch, resolution, identity.planes.device)
     predicted = render_rays(generator, identity, *rays, stochastic=False, max_rays_per_chunk=8192)
     image_shape = (resolution, resolution)
     return {"rgb": predicted["rgb"][0].clamp(0, 1).reshape(*image_shape, 3).cpu().numpy(),

@@ -181,8 +181,7 @@ def image_as_shown(G, view) -> torch.Tensor:
     for its own fits (the view needs its samples), EG3D's own composite for other backbones."""
     if not learnt_on_grey(G):
         return view.image
-    alpha = view.samples["weights"].sum(2).reshape(view.image.shape[0], 1, *view.image.shape[-2:])  # rays' opacity
-    return composite_on_grey(view.image, alpha) * 2 - 1
+    return composite_on_grey(view.image, view.opacity()) * 2 - 1
 
 
 def fit_losses(prediction: dict, batch: RayBatch, settings: FitSettings, colour_logits: list) -> dict:
@@ -226,7 +225,7 @@ def unsaturate_colour(generator: TriPlaneGenerator, bound: float, identities: in
     colours restart from the mid range, and training can move them again."""
     generator.eval()
     z = torch.from_numpy(np.random.RandomState(0).randn(identities, generator.z_dim)).float()
-    origins, directions = frontal_rays(generator)
+    origins, directions = camera_rays(0.0, 0.0, 64, next(generator.parameters()).device)
     with recording_colour_logits(generator) as logits:
         predict_rays(generator, z.to(origins.device), origins.expand(identities, -1, -1),
                      directions.expand(identities, -1, -1), stochastic=False)
@@ -239,9 +238,10 @@ def unsaturate_colour(generator: TriPlaneGenerator, bound: float, identities: in
     return factor
 
 
-def frontal_rays(generator: TriPlaneGenerator, resolution: int = 64):
-    origins, directions = view_rays(camera_for(0.0, 0.0), resolution)
-    device = next(generator.parameters()).device
+def camera_rays(yaw: float, pitch: float, resolution: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, R*R, 3) origins and directions of the pixel rays of the procedural category's camera
+    at (yaw, pitch) degrees, as `render_rays` takes them."""
+    origins, directions = view_rays(camera_for(yaw, pitch), resolution)
     return torch.from_numpy(origins)[None].to(device), torch.from_numpy(directions)[None].to(device)
 
 

@@ -59,6 +59,11 @@ class View:
     # the marcher's 'weights' of the S-1 intervals between them (N, h*w, S-1, 1).
     samples: dict | None = None
 
+    def opacity(self) -> torch.Tensor:
+        """(N, 1, h, w): each ray's accumulated weight, its alpha (needs return_samples)."""
+        n, _, h, w = self.depth.shape
+        return self.samples["weights"].sum(2).reshape(n, 1, h, w)
+
 
 class OSGDecoder(torch.nn.Module):
     """EG3D's small MLP from averaged tri-plane features to density and 32 colour features."""
