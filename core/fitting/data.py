@@ -76,13 +76,16 @@ def identity_rays(seed: int, z_dim: int, views: int, rays: int, foreground_fract
     z = latent_for_seed(seed, z_dim)
     head = ProceduralHead(HeadParams.from_latent(z))
     per_view = np.diff(np.linspace(0, rays, views + 1).astype(int))
-    parts = []
+    chosen_origins, chosen_directions = [], []
     for count in per_view:
         origins, directions = view_rays(random_view(rng), resolution)
         index = pick_rays(origins, directions, int(count), foreground_fraction, rng)
-        targets = procedural_targets(head, origins[index], directions[index])
-        parts.append((origins[index], directions[index], targets))
-    return z, parts
+        chosen_origins.append(origins[index])
+        chosen_directions.append(directions[index])
+    # One trace over all the views' rays: the sphere tracer's cost is mostly numpy's per-call
+    # overhead on small arrays, so tracing the views one by one took 3x as long.
+    origins, directions = np.concatenate(chosen_origins), np.concatenate(chosen_directions)
+    return z, origins, directions, procedural_targets(head, origins, directions)
 
 
 def sample_batch(step_seed: int, settings, z_dim: int, resolution: int) -> RayBatch:
@@ -92,13 +95,14 @@ def sample_batch(step_seed: int, settings, z_dim: int, resolution: int) -> RayBa
     seeds = rng.randint(fit_seeds.start, fit_seeds.stop, settings.identities_per_step)
     zs, fields = [], {name: [] for name in ("origins", "directions", "rgb", "alpha", "depth")}
     for seed in seeds:
-        z, parts = identity_rays(int(seed), z_dim, settings.views_per_identity, settings.rays_per_identity,
-                                 settings.foreground_ray_fraction, rng, resolution)
+        z, origins, directions, targets = identity_rays(
+            int(seed), z_dim, settings.views_per_identity, settings.rays_per_identity,
+            settings.foreground_ray_fraction, rng, resolution)
         zs.append(z)
-        fields["origins"].append(np.concatenate([p[0] for p in parts]))
-        fields["directions"].append(np.concatenate([p[1] for p in parts]))
+        fields["origins"].append(origins)
+        fields["directions"].append(directions)
         for name in SUPERVISED_BUFFERS:
-            fields[name].append(np.concatenate([p[2][name] for p in parts]))
+            fields[name].append(targets[name])
     return _as_batch(zs, fields)
 
 
