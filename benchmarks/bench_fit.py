@@ -1,12 +1,15 @@
 """Speed of the fit and of the embedded default: `python benchmarks/bench_fit.py [--threads 2]`.
 
-Prints seconds per training step of the default configuration (data included and excluded) and
-the per-view render time of the shipped default at 128^2 (deterministic, identity cached).
+Prints seconds per training step of the default configuration (data included and excluded), with
+`--data-workers K` also per step of a whole `fit` whose procedural targets K worker processes
+render ahead, and the per-view render time of the shipped default at 128^2 (deterministic, identity
+cached).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.backbone import DEFAULT_BACKBONE_PATH, load_backbone  # noqa: E402
 from core.fitting.config import FitSettings, default_config  # noqa: E402
 from core.fitting.data import camera_for  # noqa: E402
-from core.fitting.trainer import TrainingState, build_generator, make_optimizer, next_batch, train_step  # noqa: E402
+from core.fitting.trainer import (FitRequest, TrainingState, build_generator, fit, make_optimizer,  # noqa: E402
+                                  next_batch, train_step)
 
 
 def time_training_steps(device: str, steps: int) -> tuple[float, float]:
@@ -36,6 +40,15 @@ def time_training_steps(device: str, steps: int) -> tuple[float, float]:
         _sync(device)
         step_seconds += time.perf_counter() - start
     return (data_seconds + step_seconds) / steps, data_seconds / steps
+
+
+def time_fit_with_workers(device: str, steps: int, workers: int) -> float:
+    """Seconds per step of `fit` itself (waits for batches included, worker start-up excluded)."""
+    with tempfile.TemporaryDirectory() as folder:
+        request = FitRequest(out=Path(folder) / "bench.safetensors", steps=steps + 1, device=device,
+                             settings=FitSettings(checkpoint_every_s=1e9), data_workers=workers)
+        result = fit(request)
+    return result.train_seconds / result.step
 
 
 @torch.no_grad()
@@ -62,10 +75,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--views", type=int, default=5)
+    parser.add_argument("--data-workers", type=int, default=0, help="also time a fit with this many data workers")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     per_step, data = time_training_steps(args.device, args.steps)
     settings = FitSettings()
+    if args.data_workers:
+        per_fit_step = time_fit_with_workers(args.device, args.steps, args.data_workers)
+        print(f"fit with {args.data_workers} data workers and {args.threads} training threads: {per_fit_step:.3f} s/step")
     print(f"training step ({settings.identities_per_step} identities x {settings.rays_per_identity} rays, "
           f"{args.device}, {args.threads} threads): {per_step:.3f} s/step, of which procedural targets {data:.3f} s")
     if DEFAULT_BACKBONE_PATH.exists():

@@ -12,6 +12,7 @@ from core.cli import main
 from core.fileio import read_rgb
 from core.fitting import evaluate as evaluation
 from core.fitting.config import FitSettings, tiny_fit_config
+from core.fitting.data import BatchStream, RayBatch, sample_batch
 from core.fitting.trainer import (FitError, FitRequest, TrainingState, build_generator, camera_rays, fit,
                                   make_optimizer, next_batch, predict_rays, recording_colour_logits,
                                   set_learning_rate, state_path, train_step, unsaturate_colour)
@@ -156,6 +157,19 @@ def test_an_interrupt_saves_the_last_finished_step(tmp_path):
     assert read_generator_config(out)["metadata"]["steps"] == 3
 
 
+def test_data_workers_give_the_fit_the_same_batches_and_weights(tmp_path):
+    settings = tiny_settings()
+    with BatchStream(settings, 40, 32, workers=2) as stream:
+        for step in (5, 6, 9, 3):   # ahead, in order, a skip and a step back all get their own batch
+            ahead, here = stream.batch(step), sample_batch(settings.data_seed + step, settings, 40, 32)
+            assert all(torch.equal(getattr(ahead, name), getattr(here, name)) for name in RayBatch.__dataclass_fields__)
+    in_process, in_workers = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    fit(tiny_request(in_process, steps=3))
+    fit(tiny_request(in_workers, steps=3, data_workers=2))
+    a, b = load_generator(in_process).state_dict(), load_generator(in_workers).state_dict()
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
 def test_w_avg_is_the_mean_w_after_a_checkpoint(tmp_path):
     out = tmp_path / "g.safetensors"
     fit(tiny_request(out, steps=1))
@@ -175,6 +189,8 @@ def test_fit_backbone_cli_rejects_bad_arguments(tmp_path, capsys):
     assert main(["fit-backbone", "--out", str(tmp_path / "g.safetensors"), "--steps", "1", "--resume"]) == 2
     assert main(["fit-backbone", "--out", str(tmp_path / "g.safetensors"), "--steps", "1", "--unsaturate-colour"]) == 2
     assert "use it with --resume" in capsys.readouterr().err
+    assert main(["fit-backbone", "--out", str(tmp_path / "g.safetensors"), "--steps", "1", "--data-workers", "-1"]) == 2
+    assert "--data-workers" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- evaluation

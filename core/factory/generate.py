@@ -201,11 +201,11 @@ def _write_in_workers(request, first: int, depth_scale: float, should_stop):
     order, each once it and every identity before it are written, so that the manifest only ever
     counts a complete prefix. A few identities past the prefix may be written when the run stops:
     a resumed run writes them again, with the same bytes."""
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, wait
 
-    context = multiprocessing.get_context("spawn")  # a forked torch can hang in its thread pool
-    pool = ProcessPoolExecutor(request.workers, context, initializer=_start_worker, initargs=(request, depth_scale))
+    from core.processes import process_pool
+
+    pool = process_pool(request.workers, initializer=_start_worker, initargs=(request, depth_scale))
     upcoming, running, finished, next_done = iter(range(first, request.identities)), {}, set(), first
     try:
         while True:
@@ -235,10 +235,6 @@ _worker_state: dict = {}
 
 
 def _start_worker(request: GenerateRequest, depth_scale: float) -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
-    torch.set_num_threads(1)
     backbone, branch, _, label_set = _open_models(request)
     _worker_state.update(request=request, depth_scale=depth_scale, models=(backbone, branch, label_set))
 

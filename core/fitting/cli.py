@@ -23,6 +23,10 @@ def fit_backbone_parser(sub) -> None:
                    help="with --resume: first scale the decoder's colour outputs back into the sigmoid's "
                         "trainable range (a fit whose colours saturated stops learning them)")
     add_threads_argument(p)
+    p.add_argument("--data-workers", type=int, default=0,
+                   help="processes that render the procedural targets ahead of the training (default 0: "
+                        "in the training process). The targets are numpy on the CPU: with --device cuda "
+                        "they set the pace unless several workers render them")
     p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints (default 300)")
     p.set_defaults(run=_fit_backbone)
 
@@ -36,7 +40,8 @@ def _fit_backbone(args) -> None:
     use_threads(args.threads)
     settings = FitSettings(checkpoint_every_s=args.checkpoint_every)
     request = FitRequest(out=args.out, minutes=args.minutes, steps=args.steps, resume=args.resume,
-                         device=args.device, settings=settings, unsaturate_colour=args.unsaturate_colour)
+                         device=args.device, settings=settings, unsaturate_colour=args.unsaturate_colour,
+                         data_workers=args.data_workers)
     bar = _ProgressBar(args.minutes, args.steps)
     try:
         with _sigterm_as_interrupt():
@@ -61,6 +66,8 @@ def _check_fit_arguments(args, UserError) -> None:
         raise UserError("--minutes must be positive")
     if args.unsaturate_colour and not args.resume:
         raise UserError("--unsaturate-colour repairs an existing fit: use it with --resume")
+    if args.data_workers < 0:
+        raise UserError("--data-workers must be 0 or more")
     if args.steps is not None and args.steps < 1:
         raise UserError("--steps must be at least 1")
     if args.device == "cuda":

@@ -114,3 +114,46 @@ def _as_batch(zs, fields) -> RayBatch:
     depth = torch.where(alpha > 0.5, depth, torch.zeros_like(depth))   # inf on background
     return RayBatch(torch.from_numpy(np.stack(zs).astype(np.float32)), stack("origins"), stack("directions"),
                     stack("rgb"), alpha, depth)
+
+
+class BatchStream:
+    """The batches of consecutive training steps, rendered in this process or, with `workers`,
+    that many processes ahead of the training: the procedural targets are numpy on the CPU, so
+    on a GPU they, not the network, would set the pace. Either way step k gets exactly
+    `sample_batch(settings.data_seed + k, ...)`."""
+
+    def __init__(self, settings, z_dim: int, resolution: int, workers: int = 0):
+        self.settings, self.z_dim, self.resolution, self.workers = settings, z_dim, resolution, workers
+        self.pending = {}    # step -> future of its batch's arrays
+        self.pool = None
+        if workers > 0:
+            from core.processes import process_pool
+
+            self.pool = process_pool(workers)
+
+    def batch(self, step: int) -> RayBatch:
+        if self.pool is None:
+            return sample_batch(self.settings.data_seed + step, self.settings, self.z_dim, self.resolution)
+        for stale in [s for s in self.pending if s < step]:
+            self.pending.pop(stale).cancel()
+        for ahead in range(step, step + 2 * self.workers):
+            if ahead not in self.pending:
+                self.pending[ahead] = self.pool.submit(_batch_arrays, self.settings.data_seed + ahead, self.settings,
+                                                       self.z_dim, self.resolution)
+        return RayBatch(**{name: torch.from_numpy(array) for name, array in self.pending.pop(step).result().items()})
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "BatchStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _batch_arrays(step_seed: int, settings, z_dim: int, resolution: int) -> dict:
+    """A worker's batch as numpy arrays (plain pickles, no shared-memory tensors to leak)."""
+    batch = sample_batch(step_seed, settings, z_dim, resolution)
+    return {name: getattr(batch, name).numpy() for name in RayBatch.__dataclass_fields__}

@@ -25,7 +25,7 @@ import torch
 from core.checkpoint.studio_format import load_generator, read_generator_config, save_generator
 from core.fileio import atomic_write_bytes
 from core.fitting.config import FitSettings, default_config
-from core.fitting.data import RayBatch, camera_for, sample_batch, view_rays
+from core.fitting.data import BatchStream, RayBatch, camera_for, view_rays
 from core.generator.triplane import TriPlaneGenerator
 
 MAX_BAD_STEPS_IN_A_ROW = 20
@@ -47,6 +47,7 @@ class FitRequest:
     config: tuple[dict, int] | None = None   # (init kwargs, neural resolution); default_config()
     init_seed: int = 0
     unsaturate_colour: bool = False   # rescale saturated colour outputs once before training
+    data_workers: int = 0             # processes rendering the procedural targets ahead (0: in this one)
 
 
 @dataclass
@@ -270,11 +271,15 @@ def gradients_are_finite(generator) -> bool:
     return all(torch.isfinite(p.grad).all() for p in generator.parameters() if p.grad is not None)
 
 
-def next_batch(state: TrainingState, device) -> RayBatch:
+def next_batch(state: TrainingState, device, stream: BatchStream | None = None) -> RayBatch:
+    """The batch of the state's current step (from `stream`'s workers when one is given)."""
+    stream = stream or batch_stream(state)
+    return stream.batch(state.step).to(device)
+
+
+def batch_stream(state: TrainingState, workers: int = 0) -> BatchStream:
     generator = state.generator
-    batch = sample_batch(state.settings.data_seed + state.step, state.settings, generator.z_dim,
-                         generator.neural_rendering_resolution)
-    return batch.to(device)
+    return BatchStream(state.settings, generator.z_dim, generator.neural_rendering_resolution, workers)
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -329,30 +334,36 @@ def fit(request: FitRequest, progress: Callable[[FitProgress], None] | None = No
         colour_rescale = unsaturate_colour(state.generator, state.settings.colour_logit_bound)
     device = torch.device(request.device)
     out = Path(request.out)
-    run_start = time.monotonic()
-    first_step = state.step
-    last_checkpoint = run_start
-    stopped = False
     try:
-        while not _finished(state, request, run_start):
-            if should_stop is not None and should_stop():
-                stopped = True
-                break
-            step_start = time.monotonic()
-            set_learning_rate(state, run_fraction(request, state.step, first_step, run_start))
-            losses = train_step(state, next_batch(state, device))
-            state.train_seconds += time.monotonic() - step_start
-            checkpointed = time.monotonic() - last_checkpoint >= state.settings.checkpoint_every_s
-            if checkpointed:
-                save_checkpoint(state, out)
-                last_checkpoint = time.monotonic()
-            if progress is not None:
-                progress(_progress(state, request, losses, run_start, checkpointed))
+        with batch_stream(state, request.data_workers) as batches:
+            stopped = _train_until_done(state, request, device, batches, progress, should_stop)
     except KeyboardInterrupt:
         save_checkpoint(state, out)
         raise
     save_checkpoint(state, out)
     return FitResult(state.step, state.last_loss, state.train_seconds, stopped, out, colour_rescale)
+
+
+def _train_until_done(state, request, device, batches, progress, should_stop) -> bool:
+    """The training loop; True when `should_stop` ended it."""
+    out = Path(request.out)
+    run_start = time.monotonic()
+    first_step = state.step
+    last_checkpoint = run_start
+    while not _finished(state, request, run_start):
+        if should_stop is not None and should_stop():
+            return True
+        step_start = time.monotonic()
+        set_learning_rate(state, run_fraction(request, state.step, first_step, run_start))
+        losses = train_step(state, next_batch(state, device, batches))
+        state.train_seconds += time.monotonic() - step_start
+        checkpointed = time.monotonic() - last_checkpoint >= state.settings.checkpoint_every_s
+        if checkpointed:
+            save_checkpoint(state, out)
+            last_checkpoint = time.monotonic()
+        if progress is not None:
+            progress(_progress(state, request, losses, run_start, checkpointed))
+    return False
 
 
 def run_fraction(request: FitRequest, step: int, first_step: int, run_start: float) -> float:
