@@ -144,6 +144,19 @@ def test_checkpoint_and_resume_continue_from_the_saved_step(tmp_path):
     assert adam_steps == {4.0}   # the optimizer's own counters continued too
 
 
+def test_a_resume_can_change_the_learning_rate_and_batch(tmp_path):
+    out = tmp_path / "g.safetensors"
+    fit(tiny_request(out, steps=2))
+    seen = []
+    fit(tiny_request(out, steps=3, resume=True, setting_changes={"learning_rate": 1e-5, "identities_per_step": 3}),
+        progress=seen.append)
+    sidecar = torch.load(state_path(out), weights_only=True)
+    assert sidecar["settings"]["learning_rate"] == 1e-5 and sidecar["settings"]["identities_per_step"] == 3
+    assert {group["lr"] for group in sidecar["optimizer"]["param_groups"]} == {1e-5}
+    assert sidecar["settings"]["rays_per_identity"] == tiny_settings().rays_per_identity   # the rest as saved
+    assert [p.step for p in seen] == [3]
+
+
 def test_an_interrupt_saves_the_last_finished_step(tmp_path):
     out = tmp_path / "g.safetensors"
 
@@ -191,6 +204,8 @@ def test_fit_backbone_cli_rejects_bad_arguments(tmp_path, capsys):
     assert "use it with --resume" in capsys.readouterr().err
     assert main(["fit-backbone", "--out", str(tmp_path / "g.safetensors"), "--steps", "1", "--data-workers", "-1"]) == 2
     assert "--data-workers" in capsys.readouterr().err
+    assert main(["fit-backbone", "--out", str(tmp_path / "g.safetensors"), "--steps", "1", "--learning-rate", "0"]) == 2
+    assert "--learning-rate" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- evaluation

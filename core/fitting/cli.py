@@ -28,20 +28,25 @@ def fit_backbone_parser(sub) -> None:
                         "in the training process). The targets are numpy on the CPU: with --device cuda "
                         "they set the pace unless several workers render them")
     p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints (default 300)")
+    p.add_argument("--learning-rate", type=float,
+                   help="Adam's rate, held for the first half of this run, then decayed to 0.1x (default 2e-3; "
+                        "with --resume it replaces the saved rate, e.g. a lower one to continue a fit)")
+    p.add_argument("--identities-per-step", type=int,
+                   help="identities per training step (default 4; a GPU takes many more)")
     p.set_defaults(run=_fit_backbone)
 
 
 def _fit_backbone(args) -> None:
     from core.cli import UserError, use_threads
-    from core.fitting.config import FitSettings
     from core.fitting.trainer import FitError, FitRequest, fit
 
     _check_fit_arguments(args, UserError)
     use_threads(args.threads)
-    settings = FitSettings(checkpoint_every_s=args.checkpoint_every)
+    changes = {"checkpoint_every_s": args.checkpoint_every, "learning_rate": args.learning_rate,
+               "identities_per_step": args.identities_per_step}
     request = FitRequest(out=args.out, minutes=args.minutes, steps=args.steps, resume=args.resume,
-                         device=args.device, settings=settings, unsaturate_colour=args.unsaturate_colour,
-                         data_workers=args.data_workers)
+                         device=args.device, unsaturate_colour=args.unsaturate_colour, data_workers=args.data_workers,
+                         setting_changes={name: value for name, value in changes.items() if value is not None})
     bar = _ProgressBar(args.minutes, args.steps)
     try:
         with _sigterm_as_interrupt():
@@ -66,6 +71,10 @@ def _check_fit_arguments(args, UserError) -> None:
         raise UserError("--minutes must be positive")
     if args.unsaturate_colour and not args.resume:
         raise UserError("--unsaturate-colour repairs an existing fit: use it with --resume")
+    if args.learning_rate is not None and not args.learning_rate > 0:
+        raise UserError("--learning-rate must be positive")
+    if args.identities_per_step is not None and args.identities_per_step < 1:
+        raise UserError("--identities-per-step must be at least 1")
     if args.data_workers < 0:
         raise UserError("--data-workers must be 0 or more")
     if args.steps is not None and args.steps < 1:

@@ -15,7 +15,7 @@ import math
 import platform
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -48,6 +48,9 @@ class FitRequest:
     init_seed: int = 0
     unsaturate_colour: bool = False   # rescale saturated colour outputs once before training
     data_workers: int = 0             # processes rendering the procedural targets ahead (0: in this one)
+    # FitSettings fields this run sets, over `settings` or, on resume, over the saved ones
+    # (a lower learning rate to continue a fit, a larger batch on a GPU).
+    setting_changes: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -106,12 +109,13 @@ def start_or_resume(request: FitRequest) -> TrainingState:
     if not request.resume:
         if out.exists():
             raise FitError(f"{out} exists; pass --resume to continue it or choose another --out")
+        settings = replace(request.settings, **request.setting_changes)
         generator = build_generator(request.config, request.init_seed).to(request.device)
-        return TrainingState(generator, make_optimizer(generator, request.settings), request.settings)
-    return resume(out, request.device)
+        return TrainingState(generator, make_optimizer(generator, settings), settings)
+    return resume(out, request.device, request.setting_changes)
 
 
-def resume(out: Path, device) -> TrainingState:
+def resume(out: Path, device, setting_changes: dict | None = None) -> TrainingState:
     sidecar = state_path(out)
     if not out.exists() or not sidecar.exists():
         raise FitError(f"cannot resume: {out} and {sidecar} must both exist")
@@ -120,7 +124,7 @@ def resume(out: Path, device) -> TrainingState:
     recorded_step = int(generator_metadata(out).get("steps", -1))
     if int(saved["step"]) != recorded_step:
         raise FitError(f"{out} (step {recorded_step}) and {sidecar} (step {saved['step']}) do not belong together")
-    settings = FitSettings.from_dict(saved["settings"])
+    settings = replace(FitSettings.from_dict(saved["settings"]), **(setting_changes or {}))
     optimizer = make_optimizer(generator, settings)
     optimizer.load_state_dict(saved["optimizer"])
     return TrainingState(generator, optimizer, settings, int(saved["step"]), float(saved["train_seconds"]),
