@@ -115,7 +115,7 @@ def start_or_resume(request: FitRequest) -> TrainingState:
     return resume(out, request.device, request.setting_changes)
 
 
-def resume(out: Path, device, setting_changes: dict | None = None) -> TrainingState:
+def resume(out: Path, device, setting_changes: dict) -> TrainingState:
     sidecar = state_path(out)
     if not out.exists() or not sidecar.exists():
         raise FitError(f"cannot resume: {out} and {sidecar} must both exist")
@@ -124,7 +124,7 @@ def resume(out: Path, device, setting_changes: dict | None = None) -> TrainingSt
     recorded_step = int(generator_metadata(out).get("steps", -1))
     if int(saved["step"]) != recorded_step:
         raise FitError(f"{out} (step {recorded_step}) and {sidecar} (step {saved['step']}) do not belong together")
-    settings = replace(FitSettings.from_dict(saved["settings"]), **(setting_changes or {}))
+    settings = replace(FitSettings.from_dict(saved["settings"]), **setting_changes)
     optimizer = make_optimizer(generator, settings)
     optimizer.load_state_dict(saved["optimizer"])
     return TrainingState(generator, optimizer, settings, int(saved["step"]), float(saved["train_seconds"]),
