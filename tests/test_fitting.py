@@ -13,9 +13,9 @@ from core.fileio import read_rgb
 from core.fitting import evaluate as evaluation
 from core.fitting.config import FitSettings, tiny_fit_config
 from core.fitting.data import BatchStream, RayBatch, sample_batch
-from core.fitting.trainer import (FitError, FitRequest, TrainingState, build_generator, camera_rays, fit,
-                                  make_optimizer, next_batch, predict_rays, recording_colour_logits,
-                                  set_learning_rate, state_path, train_step, unsaturate_colour)
+from core.fitting.trainer import (FitError, FitRequest, TrainingState, build_generator, fit,
+                                  frontal_colour_logit_magnitudes, make_optimizer, next_batch, set_learning_rate,
+                                  state_path, train_step, unsaturate_colour)
 from core.procedural import ProceduralHead
 
 EVALUATION_KEYS = {"psnr", "silhouette_iou", "depth_error", "identities", "views"}
@@ -58,11 +58,7 @@ def saturate_colour(generator, factor: float = 200.0) -> None:
 
 
 def colour_logit_p99(generator) -> float:
-    origins, directions = camera_rays(0.0, 0.0, 16, "cpu")
-    z = torch.from_numpy(np.random.RandomState(0).randn(2, generator.z_dim)).float()
-    with torch.no_grad(), recording_colour_logits(generator) as logits:
-        predict_rays(generator, z, origins.expand(2, -1, -1), directions.expand(2, -1, -1), stochastic=False)
-    return float(torch.quantile(torch.cat([x.reshape(-1) for x in logits]).abs(), 0.99))
+    return float(torch.quantile(frontal_colour_logit_magnitudes(generator, 2, 16), 0.99))
 
 
 def colour_gradient(state) -> float:

@@ -218,8 +218,25 @@ def colour_saturation(colour_logits: list, bound: float) -> torch.Tensor:
     """Mean squared excess of |pre-activation| over `bound`: 0 while every colour is trainable."""
     if not colour_logits:
         raise RuntimeError("no colour pre-activations were recorded: the decoder was not run")
-    excess = torch.relu(torch.cat([x.reshape(-1) for x in colour_logits]).abs() - bound)
+    excess = torch.relu(recorded_magnitudes(colour_logits) - bound)
     return torch.mean(excess ** 2)
+
+
+def recorded_magnitudes(colour_logits: list) -> torch.Tensor:
+    """|pre-activation| of every recorded colour channel, flat."""
+    return torch.cat([x.reshape(-1) for x in colour_logits]).abs()
+
+
+@torch.no_grad()
+def frontal_colour_logit_magnitudes(generator: TriPlaneGenerator, identities: int, resolution: int) -> torch.Tensor:
+    """recorded_magnitudes over the samples of frontal views of the first `identities` prior z of
+    RandomState(0): where a fit's colours stand."""
+    z = torch.from_numpy(np.random.RandomState(0).randn(identities, generator.z_dim)).float()
+    origins, directions = camera_rays(0.0, 0.0, resolution, next(generator.parameters()).device)
+    with recording_colour_logits(generator) as logits:
+        predict_rays(generator, z.to(origins.device), origins.expand(identities, -1, -1),
+                     directions.expand(identities, -1, -1), stochastic=False)
+    return recorded_magnitudes(logits)
 
 
 @torch.no_grad()
@@ -229,12 +246,7 @@ def unsaturate_colour(generator: TriPlaneGenerator, bound: float, identities: in
     already within it).  A one-off repair of a fit whose colours saturated: density is untouched,
     colours restart from the mid range, and training can move them again."""
     generator.eval()
-    z = torch.from_numpy(np.random.RandomState(0).randn(identities, generator.z_dim)).float()
-    origins, directions = camera_rays(0.0, 0.0, 64, next(generator.parameters()).device)
-    with recording_colour_logits(generator) as logits:
-        predict_rays(generator, z.to(origins.device), origins.expand(identities, -1, -1),
-                     directions.expand(identities, -1, -1), stochastic=False)
-    magnitude = torch.cat([x.reshape(-1) for x in logits]).abs()
+    magnitude = frontal_colour_logit_magnitudes(generator, identities, 64)
     percentile = float(torch.kthvalue(magnitude.cpu(), max(1, int(0.99 * len(magnitude)))).values)
     factor = min(1.0, bound / max(percentile, 1e-12))
     output_layer = generator.decoder.net[-1]
