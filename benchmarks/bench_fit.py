@@ -4,6 +4,11 @@ Prints seconds per training step of the default configuration (data included and
 `--data-workers K` also per step of a whole `fit` whose procedural targets K worker processes
 render ahead, and the per-view render time of the shipped default at 128^2 (deterministic, identity
 cached).
+
+`--compare-signals --minutes M` instead trains M minutes with each training signal (rays only, as
+the fits before 2026-12-07; rays + 3D points, the default now), both from the same start (the
+shipped default, or random weights with `--from-scratch`), and prints the PSNR each reaches on the
+same held-out identities, the dB gained per CPU minute and the ratio of the two.
 """
 from __future__ import annotations
 
@@ -20,8 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.backbone import DEFAULT_BACKBONE_PATH, load_backbone  # noqa: E402
 from core.fitting.config import FitSettings, default_config  # noqa: E402
 from core.fitting.data import camera_for  # noqa: E402
+from core.checkpoint.studio_format import load_generator  # noqa: E402
+from core.fitting.evaluate import evaluate_fit  # noqa: E402
 from core.fitting.trainer import (FitRequest, TrainingState, build_generator, fit, make_optimizer,  # noqa: E402
                                   next_batch, train_step)
+
+# The training signals compared: FitSettings changes over today's defaults.
+SIGNALS = {
+    "rays only": {"rays_per_identity": 1024, "surface_points_per_identity": 0, "space_points_per_identity": 0},
+    "rays + 3D points": {},
+}
 
 
 def time_training_steps(device: str, steps: int) -> tuple[float, float]:
@@ -64,6 +77,30 @@ def time_default_render(device: str, views: int) -> float:
     return (time.perf_counter() - start) / views
 
 
+def compare_signals(args) -> None:
+    """dB per CPU minute of each training signal from the same start, on the same identities."""
+    start = None if args.from_scratch else DEFAULT_BACKBONE_PATH
+    initial = load_generator(start) if start else build_generator(default_config(), seed=0)
+    before = evaluate_fit(initial, args.identities, args.views)["psnr"]
+    print(f"start ({'random weights' if start is None else start.name}): {before:.2f} dB on "
+          f"{args.identities} identities x {args.views} views")
+    gains = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, changes in SIGNALS.items():
+            request = FitRequest(out=Path(folder) / f"{len(gains)}.safetensors", minutes=args.minutes, steps=args.fit_steps,
+                                 device=args.device, init_from=start, settings=FitSettings(checkpoint_every_s=1e9),
+                                 setting_changes=changes)
+            result = fit(request)
+            after = evaluate_fit(load_generator(result.out), args.identities, args.views)["psnr"]
+            cpu_minutes = result.train_seconds * args.threads / 60
+            gains[name] = (after - before) / cpu_minutes
+            print(f"{name}: {after:.2f} dB after {result.step} steps, {cpu_minutes:.1f} CPU min "
+                  f"({gains[name]:+.3f} dB per CPU minute)")
+    old, new = gains["rays only"], gains["rays + 3D points"]
+    ratio = f"{new / old:.2f}" if old > 0 else "n/a (rays only gained nothing)"
+    print(f"dB per CPU minute, rays + 3D points / rays only: {ratio}")
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -76,8 +113,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--views", type=int, default=5)
     parser.add_argument("--data-workers", type=int, default=0, help="also time a fit with this many data workers")
+    parser.add_argument("--compare-signals", action="store_true", help="dB per CPU minute of each training signal")
+    parser.add_argument("--minutes", type=float, help="with --compare-signals: training minutes per signal")
+    parser.add_argument("--fit-steps", type=int, help="with --compare-signals: training steps per signal")
+    parser.add_argument("--identities", type=int, default=10, help="with --compare-signals: held-out identities")
+    parser.add_argument("--eval-views", dest="views_evaluated", type=int, default=8)
+    parser.add_argument("--from-scratch", action="store_true", help="with --compare-signals: start from random weights")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.compare_signals:
+        if args.minutes is None and args.fit_steps is None:
+            parser.error("--compare-signals needs --minutes or --fit-steps")
+        args.views = args.views_evaluated
+        compare_signals(args)
+        return
     per_step, data = time_training_steps(args.device, args.steps)
     settings = FitSettings()
     if args.data_workers:

@@ -12,11 +12,11 @@ from core.cli import main
 from core.fileio import read_rgb
 from core.fitting import evaluate as evaluation
 from core.fitting.config import FitSettings, tiny_fit_config
-from core.fitting.data import BatchStream, RayBatch, sample_batch
+from core.fitting.data import (BatchStream, RayBatch, occupancy_samples, sample_batch, surface_samples)
 from core.fitting.trainer import (FitError, FitRequest, TrainingState, build_generator, fit,
                                   frontal_colour_logit_magnitudes, make_optimizer, next_batch, set_learning_rate,
                                   state_path, train_step, unsaturate_colour)
-from core.procedural import ProceduralHead
+from core.procedural import HeadParams, ProceduralHead
 
 EVALUATION_KEYS = {"psnr", "silhouette_iou", "depth_error", "identities", "views"}
 
@@ -93,22 +93,97 @@ def test_unsaturate_colour_rescales_only_the_colour_outputs():
 
 
 def test_the_trainer_never_reads_part_labels(monkeypatch):
-    """Garbage in the label buffer of every procedural render leaves the losses bit-identical."""
+    """Garbage in the labels of every procedural render and of every shaded 3D point leaves the
+    losses bit-identical, rays and 3D targets alike; and the part field is never queried."""
     def run():
         torch.manual_seed(0)
-        state = tiny_state()
+        state = tiny_state(tiny_settings(surface_points_per_identity=64, space_points_per_identity=64))
         return [train_step(state, next_batch(state, "cpu")) for _ in range(2)]
 
     clean = run()
-    original = ProceduralHead._trace_and_shade
+    assert clean[0]["surface_rgb"] > 0 and clean[0]["occupancy"] > 0
+    original_trace, original_shade = ProceduralHead._trace_and_shade, ProceduralHead.shade
 
     def with_garbage_labels(self, origins, directions, background):
-        buffers = original(self, origins, directions, background)
+        buffers = original_trace(self, origins, directions, background)
         buffers["labels"] = np.random.randint(0, 255, buffers["labels"].shape).astype(np.uint8)
         return buffers
 
+    def shade_with_garbage_ids(self, points):
+        ids, normals, colour = original_shade(self, points)
+        return np.random.randint(0, 255, ids.shape).astype(np.uint8), normals, colour
+
+    def no_label_queries(self, xyz):
+        raise AssertionError("the fit asked for part labels")
+
     monkeypatch.setattr(ProceduralHead, "_trace_and_shade", with_garbage_labels)
+    monkeypatch.setattr(ProceduralHead, "shade", shade_with_garbage_ids)
+    monkeypatch.setattr(ProceduralHead, "label_at_points", no_label_queries)
     assert run() == clean
+
+
+def test_surface_samples_lie_on_the_surface_with_the_colour_a_ray_shows_there():
+    head = ProceduralHead(HeadParams.from_seed(7))
+    rng = np.random.RandomState(0)
+    points, colours = surface_samples(head, 500, jitter=0.0, rng=rng)
+    assert points.shape == (500, 3) and colours.shape == (500, 3)
+    assert np.abs(head.sdf(points)).max() < 2e-3
+    assert colours.min() >= 0 and colours.max() <= 1 and colours.std() > 0.01
+    # A ray aimed at a sample sees the same colour there.
+    sample, colour = points[0], colours[0]
+    origin = sample + 1.0 * np.array([0.0, 0.0, 1.0], np.float32) + 0.0
+    direction = (sample - origin) / np.linalg.norm(sample - origin)
+    traced = head._trace_and_shade(tuple(origin[:, None]), tuple(direction[:, None].astype(np.float32)), (0.5,) * 3)
+    if traced["alpha"][0] and abs(traced["depth"][0] - 1.0) < 2e-3:   # nothing in front of it
+        assert np.allclose(traced["rgb"][0], colour, atol=0.02)
+    jittered, _ = surface_samples(head, 500, jitter=0.01, rng=np.random.RandomState(0))
+    assert 2e-3 < np.abs(head.sdf(jittered)).max() < 0.0125
+
+
+def test_occupancy_targets_follow_the_signed_distance():
+    head = ProceduralHead(HeadParams.from_seed(7))
+    points, occupancy = occupancy_samples(head, 400, softness=0.004, rng=np.random.RandomState(1))
+    distance = head.sdf(points)
+    assert points.shape == (400, 3) and occupancy.shape == (400, 1)
+    assert (occupancy[distance < -0.02] > 0.99).all() and (occupancy[distance > 0.02] < 0.01).all()
+    assert (np.abs(distance) < 0.03).mean() >= 0.5   # half of them where the occupancy changes
+
+
+def test_rays_of_a_step_do_not_depend_on_the_3d_points():
+    plain = sample_batch(3, tiny_settings(), 40, 32)
+    with_points = sample_batch(3, tiny_settings(surface_points_per_identity=32, space_points_per_identity=16), 40, 32)
+    assert all(torch.equal(getattr(plain, name), getattr(with_points, name))
+               for name in ("z", "origins", "directions", "rgb", "alpha", "depth"))
+    assert plain.surface_points.shape[1] == 0 and with_points.surface_points.shape[1:] == (32, 3)
+    assert with_points.occupancy.shape[1:] == (16, 1)
+
+
+def test_3d_supervision_alone_teaches_colour_and_occupancy():
+    torch.manual_seed(0)
+    state = tiny_state(tiny_settings(surface_points_per_identity=256, space_points_per_identity=256,
+                                     rgb_weight=0.0, alpha_weight=0.0, depth_weight=0.0, learning_rate=0.03))
+    batch = next_batch(state, "cpu")
+    first = train_step(state, batch)
+    for _ in range(20):
+        last = train_step(state, batch)
+    assert last["surface_rgb"] < 0.5 * first["surface_rgb"]
+    assert last["occupancy"] < 0.9 * first["occupancy"]   # a sharp density needs sigma ~ 100: slow from random
+
+
+def test_a_fit_can_start_from_a_checkpoints_weights(tmp_path):
+    start = tmp_path / "start.safetensors"
+    fit(tiny_request(start, steps=2))
+    out = tmp_path / "continued.safetensors"
+    seen = []
+    fit(tiny_request(out, steps=1, init_from=start), progress=seen.append)
+    assert [p.step for p in seen] == [1]   # a new run: step 0, fresh optimizer
+    before, after = load_generator(start).state_dict(), load_generator(out).state_dict()
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert changed and all((before[name] - after[name]).abs().max() < 0.1 for name in changed if "w_avg" not in name)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(FitError, match="cannot start from"):
+        fit(tiny_request(tmp_path / "x.safetensors", init_from=broken))
 
 
 def test_progress_callback_and_stop_flag(tmp_path):
@@ -202,6 +277,11 @@ def test_fit_backbone_cli_rejects_bad_arguments(tmp_path, capsys):
     assert "--data-workers" in capsys.readouterr().err
     assert main(["fit-backbone", "--out", str(tmp_path / "g.safetensors"), "--steps", "1", "--learning-rate", "0"]) == 2
     assert "--learning-rate" in capsys.readouterr().err
+    assert main(["fit-backbone", "--out", str(tmp_path / "g.safetensors"), "--steps", "1", "--surface-points", "-1"]) == 2
+    assert "--surface-points" in capsys.readouterr().err
+    assert main(["fit-backbone", "--out", str(tmp_path / "g.safetensors"), "--steps", "1", "--resume",
+                 "--init-from", str(tmp_path / "a.safetensors")]) == 2
+    assert "--init-from" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -211,6 +291,9 @@ def test_evaluate_fit_on_a_tiny_random_backbone(tmp_path, capsys):
     assert EVALUATION_KEYS <= set(figures)
     assert figures["identities"] == [2_000_000, 2_000_001] and len(figures["views"]) == 2
     assert 0 <= figures["silhouette_iou"] <= 1 and math.isfinite(figures["psnr"])
+    assert figures["colour_correlation"] is None   # fewer than 3 identities
+    sharper = evaluation.evaluate_fit(generator, identities=3, views=1, resolution=48)
+    assert sharper["resolution"] == 48 and len(sharper["colour_correlation"]) == 3
 
     path = tmp_path / "tiny.safetensors"
     save_generator(generator, path)

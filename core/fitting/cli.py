@@ -5,6 +5,8 @@ import json
 import signal
 from pathlib import Path
 
+from core.fitting.config import FitSettings
+
 
 def fit_backbone_parser(sub) -> None:
     from core.cli import add_threads_argument
@@ -33,7 +35,24 @@ def fit_backbone_parser(sub) -> None:
                         "with --resume it replaces the saved rate, e.g. a lower one to continue a fit)")
     p.add_argument("--identities-per-step", type=int,
                    help="identities per training step (default 4; a GPU takes many more)")
+    p.add_argument("--init-from", type=Path, metavar="CHECKPOINT",
+                   help="start a new run (step 0, fresh optimizer) from this studio checkpoint's weights, "
+                        "e.g. resources/default_backbone.safetensors, instead of random ones")
+    p.add_argument("--rays", type=int, dest="rays_per_identity",
+                   help="rendered rays per identity and step (default 1024)")
+    p.add_argument("--surface-points", type=int, dest="surface_points_per_identity",
+                   help="3D colour samples on the surface per identity and step, supervised without "
+                        "ray marching (default %d)" % FitSettings.surface_points_per_identity)
+    p.add_argument("--space-points", type=int, dest="space_points_per_identity",
+                   help="3D occupancy samples in and around the head per identity and step "
+                        "(default %d)" % FitSettings.space_points_per_identity)
     p.set_defaults(run=_fit_backbone)
+
+
+# FitSettings fields that fit-backbone's options of the same name set (unset: the default or, with
+# --resume, the saved value).
+SETTING_ARGUMENTS = ("learning_rate", "identities_per_step", "rays_per_identity", "surface_points_per_identity",
+                     "space_points_per_identity")
 
 
 def _fit_backbone(args) -> None:
@@ -42,9 +61,10 @@ def _fit_backbone(args) -> None:
 
     _check_fit_arguments(args, UserError)
     use_threads(args.threads)
-    changes = {"checkpoint_every_s": args.checkpoint_every, "learning_rate": args.learning_rate,
-               "identities_per_step": args.identities_per_step}
+    changes = {name: getattr(args, name) for name in SETTING_ARGUMENTS}
+    changes["checkpoint_every_s"] = args.checkpoint_every
     request = FitRequest(out=args.out, minutes=args.minutes, steps=args.steps, resume=args.resume,
+                         init_from=args.init_from,
                          device=args.device, unsaturate_colour=args.unsaturate_colour, data_workers=args.data_workers,
                          setting_changes={name: value for name, value in changes.items() if value is not None})
     bar = _ProgressBar(args.minutes, args.steps)
@@ -75,6 +95,14 @@ def _check_fit_arguments(args, UserError) -> None:
         raise UserError("--learning-rate must be positive")
     if args.identities_per_step is not None and args.identities_per_step < 1:
         raise UserError("--identities-per-step must be at least 1")
+    if args.rays_per_identity is not None and args.rays_per_identity < 1:
+        raise UserError("--rays must be at least 1")
+    for option, value in (("--surface-points", args.surface_points_per_identity),
+                          ("--space-points", args.space_points_per_identity)):
+        if value is not None and value < 0:
+            raise UserError(f"{option} must be 0 or more")
+    if args.init_from is not None and args.resume:
+        raise UserError("--init-from starts a new run; --resume continues --out itself: give one of them")
     if args.data_workers < 0:
         raise UserError("--data-workers must be 0 or more")
     if args.steps is not None and args.steps < 1:
@@ -122,6 +150,9 @@ class _ProgressBar:
         postfix = {"step": progress.step, "loss": f"{progress.loss:.4f}", "rgb": f"{progress.losses['rgb']:.4f}",
                    "alpha": f"{progress.losses['alpha']:.4f}", "depth": f"{progress.losses['depth']:.4f}",
                    "sat": f"{progress.losses['saturation']:.3g}"}
+        if progress.losses.get("surface_rgb"):
+            postfix["rgb3d"] = f"{progress.losses['surface_rgb']:.4f}"
+            postfix["occ"] = f"{progress.losses['occupancy']:.4f}"
         if progress.eta_s is not None:
             postfix["eta"] = f"{progress.eta_s / 60:.1f}min"
         self.bar.set_postfix(postfix, refresh=False)
@@ -139,6 +170,7 @@ def add_fit_evaluation(what) -> None:
     fit.add_argument("--backbone", default="default", help="'default' (embedded) or a studio checkpoint (.safetensors)")
     fit.add_argument("--identities", type=int, default=50)
     fit.add_argument("--views", type=int, default=8, help="how many of the 8 fixed evaluation views")
+    fit.add_argument("--resolution", type=int, help="render and compare at this resolution (default: the backbone's own)")
     fit.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     fit.add_argument("--json", action="store_true", help="print the figures as JSON")
     fit.add_argument("--contact-sheet", type=Path, metavar="PNG",
@@ -168,7 +200,7 @@ def _evaluate_fit(args) -> None:
     try:
         backbone = load_backbone(args.backbone, device=pick_device(args.device))
         with torch.no_grad():
-            figures = evaluate_fit(backbone.generator, args.identities, args.views)
+            figures = evaluate_fit(backbone.generator, args.identities, args.views, args.resolution)
     except (BackboneError, ValueError) as error:
         raise UserError(str(error)) from error
     figures["backbone"] = backbone.name
@@ -177,6 +209,8 @@ def _evaluate_fit(args) -> None:
     if args.json:
         print(json.dumps(figures, indent=2))
         return
+    correlation = figures["colour_correlation"]
+    colour = "" if correlation is None else ", coat colour correlation R/G/B " + " / ".join(f"{c:.3f}" for c in correlation)
     print(f"{backbone.name}: PSNR {figures['psnr']:.2f} dB, silhouette IoU {figures['silhouette_iou']:.4f}, "
-          f"depth error {100 * figures['depth_error']:.2f}% of head radius {figures['head_radius']} "
+          f"depth error {100 * figures['depth_error']:.2f}% of head radius {figures['head_radius']}{colour} "
           f"({len(figures['identities'])} identities x {len(figures['views'])} views, {figures['resolution']}^2)")

@@ -85,6 +85,17 @@ class FitSettings:
     rgb_weight: float = 1.0
     alpha_weight: float = 1.0
     depth_weight: float = 1.0         # L1 in units of the head radius, on foreground rays
+    # 3D supervision from the procedural fields (no ray marching): the decoder's colour at points
+    # on the surface (moved along the normal by up to surface_jitter) against the shaded colour
+    # there, and its occupancy 1 - exp(-sigma * occupancy_interval) at points in and around the
+    # head against sigmoid(-sdf / occupancy_softness).
+    surface_points_per_identity: int = 0
+    space_points_per_identity: int = 0
+    surface_jitter: float = 0.01
+    occupancy_interval: float = 0.02
+    occupancy_softness: float = 0.004
+    surface_rgb_weight: float = 1.0
+    occupancy_weight: float = 0.1
     checkpoint_every_s: float = 300.0
     data_seed: int = 0                # step k draws its identities/views from data_seed + k
     stochastic: bool = True           # EG3D's jittered sampling while training

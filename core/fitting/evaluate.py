@@ -65,12 +65,31 @@ def compare_view(predicted: dict, target: dict) -> dict:
     depth_gap = np.abs(predicted["depth"][both] - target["depth"][both])
     return {"psnr": psnr(predicted["rgb"], target["rgb"]),
             "iou": float(both.sum() / union) if union else 1.0,
-            "depth_sum": float(depth_gap.sum()), "depth_count": int(both.sum())}
+            "depth_sum": float(depth_gap.sum()), "depth_count": int(both.sum()),
+            "colour_sum": (predicted["rgb"][mine].sum(0), target["rgb"][theirs].sum(0)),
+            "colour_count": (int(mine.sum()), int(theirs.sum()))}
+
+
+def colour_correlation(per_image: list[dict], views: int) -> list | None:
+    """Per channel, the correlation over identities of the mean foreground colour (over all the
+    identity's views) of the backbone with the truth's: does the coat follow the identity?
+    None with fewer than 3 identities."""
+    identities = len(per_image) // views
+    if identities < 3:
+        return None
+    means = np.zeros((2, identities, 3))
+    for index in range(identities):
+        images = per_image[index * views:(index + 1) * views]
+        for side in range(2):
+            total = sum(image["colour_sum"][side] for image in images)
+            means[side, index] = total / max(sum(image["colour_count"][side] for image in images), 1)
+    return [float(np.corrcoef(means[0, :, channel], means[1, :, channel])[0, 1]) for channel in range(3)]
 
 
 def evaluate_fit(generator, identities: int = 50, views: int = 8, resolution: int | None = None,
                  progress=None) -> dict:
-    """The fit figures of issue 3 over `identities` x `views` held-out images."""
+    """The fit figures over `identities` x `views` held-out images, at `resolution` (default: the
+    backbone's own neural rendering resolution)."""
     if identities < 1:
         raise ValueError(f"--identities must be at least 1, got {identities}")
     resolution = resolution or int(generator.neural_rendering_resolution)
@@ -95,6 +114,7 @@ def summarise(per_image: list[dict], seeds, cameras, resolution: int) -> dict:
         "silhouette_iou": float(np.mean([item["iou"] for item in per_image])),
         "depth_error": depth_world / HEAD_RADIUS,
         "depth_error_world": depth_world,
+        "colour_correlation": colour_correlation(per_image, len(cameras)),
         "head_radius": HEAD_RADIUS,
         "resolution": resolution,
         "identities": [int(seed) for seed in seeds],

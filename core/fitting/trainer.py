@@ -46,6 +46,9 @@ class FitRequest:
     settings: FitSettings = field(default_factory=FitSettings)
     config: tuple[dict, int] | None = None   # (init kwargs, neural resolution); default_config()
     init_seed: int = 0
+    # Start a new run (step 0, fresh optimizer) from this checkpoint's weights instead of random
+    # ones: a fit continued with other settings when its optimizer sidecar is not at hand.
+    init_from: Path | None = None
     unsaturate_colour: bool = False   # rescale saturated colour outputs once before training
     data_workers: int = 0             # processes rendering the procedural targets ahead (0: in this one)
     # FitSettings fields this run sets, over `settings` or, on resume, over the saved ones
@@ -110,9 +113,22 @@ def start_or_resume(request: FitRequest) -> TrainingState:
         if out.exists():
             raise FitError(f"{out} exists; pass --resume to continue it or choose another --out")
         settings = replace(request.settings, **request.setting_changes)
-        generator = build_generator(request.config, request.init_seed).to(request.device)
+        generator = initial_generator(request).to(request.device)
         return TrainingState(generator, make_optimizer(generator, settings), settings)
     return resume(out, request.device, request.setting_changes)
+
+
+def initial_generator(request: FitRequest) -> TriPlaneGenerator:
+    if request.init_from is None:
+        return build_generator(request.config, request.init_seed)
+    try:
+        generator = load_generator(Path(request.init_from), device="cpu")
+    except (OSError, ValueError) as error:
+        raise FitError(f"cannot start from {request.init_from}: {error}") from error
+    if generator.superresolution is not None:
+        raise FitError(f"{request.init_from} has a super-resolution module; the fit trains only the studio's own "
+                       "backbones (no super-resolution)")
+    return generator.train().requires_grad_(True)
 
 
 def resume(out: Path, device, setting_changes: dict) -> TrainingState:
@@ -189,6 +205,22 @@ def image_as_shown(G, view) -> torch.Tensor:
     return composite_on_grey(view.image, view.opacity()) * 2 - 1
 
 
+def decode_points(generator: TriPlaneGenerator, identity, batch: RayBatch, occupancy_interval: float) -> dict:
+    """The decoder's colour at the batch's surface points and its occupancy over an interval
+    of `occupancy_interval` world units at its space points (EG3D's density: softplus(raw - 1))."""
+    def decode(points):
+        return generator.renderer.run_model(identity.planes, generator.decoder, points, torch.zeros_like(points),
+                                            generator.rendering_kwargs)
+
+    prediction = {}
+    if batch.surface_points.shape[1]:
+        prediction["surface_rgb"] = decode(batch.surface_points)["rgb"][..., :3]
+    if batch.space_points.shape[1]:
+        density = torch.nn.functional.softplus(decode(batch.space_points)["sigma"] - 1)
+        prediction["occupancy"] = 1 - torch.exp(-density * occupancy_interval)
+    return prediction
+
+
 def fit_losses(prediction: dict, batch: RayBatch, settings: FitSettings, colour_logits: list) -> dict:
     foreground = batch.alpha > 0.5
     rgb = torch.mean((prediction["rgb"] - batch.rgb) ** 2)
@@ -196,9 +228,16 @@ def fit_losses(prediction: dict, batch: RayBatch, settings: FitSettings, colour_
     depth_error = (prediction["depth"] - batch.depth).abs() / HEAD_RADIUS
     depth = depth_error[foreground].mean() if foreground.any() else depth_error.sum() * 0
     saturation = colour_saturation(colour_logits, settings.colour_logit_bound)
+    zero = rgb * 0
+    surface_rgb = (torch.mean((prediction["surface_rgb"] - batch.surface_rgb) ** 2)
+                   if "surface_rgb" in prediction else zero)
+    occupancy = (torch.mean((prediction["occupancy"] - batch.occupancy) ** 2)
+                 if "occupancy" in prediction else zero)
     total = (settings.rgb_weight * rgb + settings.alpha_weight * alpha + settings.depth_weight * depth
-             + settings.colour_logit_weight * saturation)
-    return {"total": total, "rgb": rgb, "alpha": alpha, "depth": depth, "saturation": saturation}
+             + settings.colour_logit_weight * saturation + settings.surface_rgb_weight * surface_rgb
+             + settings.occupancy_weight * occupancy)
+    return {"total": total, "rgb": rgb, "alpha": alpha, "depth": depth, "saturation": saturation,
+            "surface_rgb": surface_rgb, "occupancy": occupancy}
 
 
 @contextmanager
@@ -265,8 +304,9 @@ def camera_rays(yaw: float, pitch: float, resolution: int, device) -> tuple[torc
 def train_step(state: TrainingState, batch: RayBatch) -> dict:
     state.generator.train()
     with recording_colour_logits(state.generator) as colour_logits:
-        prediction = predict_rays(state.generator, batch.z, batch.origins, batch.directions,
-                                  state.settings.stochastic, update_w_avg=True)
+        identity = synthesize_identity(state.generator, batch.z, update_w_avg=True)
+        prediction = render_rays(state.generator, identity, batch.origins, batch.directions, state.settings.stochastic)
+        prediction.update(decode_points(state.generator, identity, batch, state.settings.occupancy_interval))
     losses = fit_losses(prediction, batch, state.settings, colour_logits)
     state.optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()

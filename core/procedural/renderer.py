@@ -65,11 +65,16 @@ class ProceduralHead:
         hit_index, hit_t = sphere_trace(self.shape, origins, directions)
         points = tuple(origins[axis][hit_index] + hit_t * directions[axis][hit_index]
                        for axis in range(3))
+        ids, normals, colour = self.shade(points)
+        return assemble_buffers(len(origins[0]), hit_index, hit_t, ids, normals, colour, background)
+
+    def shade(self, points):
+        """Part ids (N,), unit normals (N, 3) and shaded colour (N, 3), unclipped, of surface
+        points given as (x, y, z) arrays: what a ray that hits there shows."""
         ids = self.shape.labels_on_surface(points)
         normals = surface_normals(self.shape, points)
         shade = lighting(normals) * ambient_occlusion(self.shape, points, normals)
-        colour = self.texture.albedo(points, ids) * shade[:, None]
-        return assemble_buffers(len(origins[0]), hit_index, hit_t, ids, normals, colour, background)
+        return ids, normals, self.texture.albedo(points, ids) * shade[:, None]
 
     def sdf(self, xyz) -> np.ndarray:
         return self.shape.sdf(as_components(xyz))
