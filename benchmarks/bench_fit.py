@@ -5,8 +5,8 @@ Prints seconds per training step of the default configuration (data included and
 render ahead, and the per-view render time of the shipped default at 128^2 (deterministic, identity
 cached).
 
-`--compare-signals --minutes M` instead trains M minutes with each training signal (rays only, as
-the fits before 2026-12-07; rays + 3D points, the default now), both from the same start (the
+`--compare-signals --fit-steps K` (or `--minutes M`) instead trains K steps with each training signal (rays only, as
+the fits before 2026-12-07; fewer rays + 3D colour and occupancy points), both from the same start (the
 shipped default, or random weights with `--from-scratch`), and prints the PSNR each reaches on the
 same held-out identities, the dB gained per CPU minute and the ratio of the two.
 """
@@ -33,7 +33,7 @@ from core.fitting.trainer import (FitRequest, TrainingState, build_generator, fi
 # The training signals compared: FitSettings changes over today's defaults.
 SIGNALS = {
     "rays only": {"rays_per_identity": 1024, "surface_points_per_identity": 0, "space_points_per_identity": 0},
-    "rays + 3D points": {},
+    "rays + 3D points": {"rays_per_identity": 512, "surface_points_per_identity": 8192, "space_points_per_identity": 4096},
 }
 
 

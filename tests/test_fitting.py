@@ -326,6 +326,35 @@ def test_the_shipped_default_loads_and_renders_a_head():
     assert "steps" in read_generator_config(DEFAULT_BACKBONE_PATH)["metadata"]
 
 
+def test_plane_and_decoder_layers_train_at_their_own_rates():
+    state = tiny_state(tiny_settings(plane_lr_multiplier=10.0, decoder_lr_multiplier=0.1))
+    base = state.settings.learning_rate
+    set_learning_rate(state, 1.0)
+    rates = {group["name"]: group["lr"] for group in state.optimizer.param_groups}
+    assert rates == pytest.approx({"planes": 10 * base * 0.1, "decoder": 0.1 * base * 0.1, "rest": base * 0.1})
+    grouped = {group["name"]: {id(p) for p in group["params"]} for group in state.optimizer.param_groups}
+    assert id(state.generator.decoder.net[0].weight) in grouped["decoder"]
+    assert id(state.generator.backbone.synthesis.b32.torgb.weight) in grouped["planes"]
+    assert id(state.generator.backbone.synthesis.b32.conv0.weight) in grouped["rest"]
+
+
+def test_a_sidecar_from_before_the_rate_groups_resumes_with_its_moments(tmp_path):
+    out = tmp_path / "g.safetensors"
+    fit(tiny_request(out, steps=1))
+    generator = load_generator(out).requires_grad_(True)
+    single = torch.optim.Adam(generator.parameters(), lr=1e-3)   # the trainer's optimizer until 2026-12-07
+    generator.decoder.net[0].weight.sum().backward()
+    single.step()
+    sidecar = torch.load(state_path(out), weights_only=True)
+    sidecar["optimizer"] = single.state_dict()
+    torch.save(sidecar, state_path(out))
+    from core.fitting.trainer import resume
+    state = resume(out, "cpu", {})
+    moments = state.optimizer.state[state.generator.decoder.net[0].weight]["exp_avg"]
+    assert torch.equal(moments, single.state[generator.decoder.net[0].weight]["exp_avg"])
+    assert {group["name"] for group in state.optimizer.param_groups} == {"planes", "decoder", "rest"}
+
+
 def test_learning_rate_holds_then_falls_linearly_over_the_second_half():
     state = tiny_state()
     rates = []

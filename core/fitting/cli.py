@@ -46,13 +46,17 @@ def fit_backbone_parser(sub) -> None:
     p.add_argument("--space-points", type=int, dest="space_points_per_identity",
                    help="3D occupancy samples in and around the head per identity and step "
                         "(default %d)" % FitSettings.space_points_per_identity)
+    p.add_argument("--plane-lr-multiplier", type=float,
+                   help="Adam's rate of the layers that write the tri-plane features, times --learning-rate (default 1)")
+    p.add_argument("--decoder-lr-multiplier", type=float,
+                   help="Adam's rate of the decoder, times --learning-rate (default 1)")
     p.set_defaults(run=_fit_backbone)
 
 
 # FitSettings fields that fit-backbone's options of the same name set (unset: the default or, with
 # --resume, the saved value).
 SETTING_ARGUMENTS = ("learning_rate", "identities_per_step", "rays_per_identity", "surface_points_per_identity",
-                     "space_points_per_identity")
+                     "space_points_per_identity", "plane_lr_multiplier", "decoder_lr_multiplier")
 
 
 def _fit_backbone(args) -> None:
@@ -91,8 +95,10 @@ def _check_fit_arguments(args, UserError) -> None:
         raise UserError("--minutes must be positive")
     if args.unsaturate_colour and not args.resume:
         raise UserError("--unsaturate-colour repairs an existing fit: use it with --resume")
-    if args.learning_rate is not None and not args.learning_rate > 0:
-        raise UserError("--learning-rate must be positive")
+    for option, value in (("--learning-rate", args.learning_rate), ("--plane-lr-multiplier", args.plane_lr_multiplier),
+                          ("--decoder-lr-multiplier", args.decoder_lr_multiplier)):
+        if value is not None and not value > 0:
+            raise UserError(f"{option} must be positive")
     if args.identities_per_step is not None and args.identities_per_step < 1:
         raise UserError("--identities-per-step must be at least 1")
     if args.rays_per_identity is not None and args.rays_per_identity < 1:

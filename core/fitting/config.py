@@ -82,6 +82,10 @@ class FitSettings:
     # this fraction of learning_rate: annealing settles the noisy per-batch updates.
     decay_from: float = 0.5
     final_lr_fraction: float = 0.1
+    # Adam's rate of the layers that write the tri-plane features and of the decoder, as
+    # multiples of learning_rate (trainer.parameter_group says which layers).
+    plane_lr_multiplier: float = 1.0
+    decoder_lr_multiplier: float = 1.0
     rgb_weight: float = 1.0
     alpha_weight: float = 1.0
     depth_weight: float = 1.0         # L1 in units of the head radius, on foreground rays

@@ -83,7 +83,12 @@ def colour_correlation(per_image: list[dict], views: int) -> list | None:
         for side in range(2):
             total = sum(image["colour_sum"][side] for image in images)
             means[side, index] = total / max(sum(image["colour_count"][side] for image in images), 1)
-    return [float(np.corrcoef(means[0, :, channel], means[1, :, channel])[0, 1]) for channel in range(3)]
+    correlations = []
+    for channel in range(3):
+        predicted, truth = means[0, :, channel], means[1, :, channel]
+        constant = predicted.std() == 0 or truth.std() == 0   # e.g. a random network's one grey
+        correlations.append(0.0 if constant else float(np.corrcoef(predicted, truth)[0, 1]))
+    return correlations
 
 
 def evaluate_fit(generator, identities: int = 50, views: int = 8, resolution: int | None = None,

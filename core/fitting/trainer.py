@@ -90,8 +90,44 @@ def state_path(out: Path) -> Path:
     return out.with_name(out.name + ".state.pt")
 
 
+def parameter_group(name: str) -> str:
+    """Which learning-rate group a generator parameter belongs to (FitSettings' multipliers)."""
+    if ".torgb." in name:
+        return "planes"      # the synthesis layers that write the tri-plane features
+    return "decoder" if name.startswith("decoder.") else "rest"
+
+
 def make_optimizer(generator, settings: FitSettings) -> torch.optim.Optimizer:
-    return torch.optim.Adam(generator.parameters(), lr=settings.learning_rate, betas=(0.9, 0.99), eps=1e-8)
+    """Adam with one group per parameter_group, each at learning_rate times its multiplier.
+    Adam's steps do not depend on the gradient's scale, so a multiplier is how a layer whose
+    output must travel far (the plane features, ~150 in magnitude) is conditioned."""
+    multipliers = group_lr_multipliers(settings)
+    groups = {name: [] for name in multipliers}
+    for name, parameter in generator.named_parameters():
+        groups[parameter_group(name)].append(parameter)
+    return torch.optim.Adam([{"params": parameters, "name": name, "lr": settings.learning_rate * multipliers[name]}
+                             for name, parameters in groups.items()], betas=(0.9, 0.99), eps=1e-8)
+
+
+def group_lr_multipliers(settings: FitSettings) -> dict:
+    return {"planes": settings.plane_lr_multiplier, "decoder": settings.decoder_lr_multiplier, "rest": 1.0}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, generator, saved: dict) -> None:
+    """Load a sidecar's optimizer state; one saved before the groups existed (a single group in
+    generator.parameters() order) is regrouped parameter by parameter."""
+    if len(saved["param_groups"]) == len(optimizer.param_groups):
+        optimizer.load_state_dict(saved)
+        return
+    if len(saved["param_groups"]) != 1:
+        raise FitError("the sidecar's optimizer has groups this trainer does not know")
+    position = {id(parameter): index for index, parameter in enumerate(generator.parameters())}
+    flat = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    state = {new: saved["state"][position[id(parameter)]] for new, parameter in enumerate(flat)
+             if position[id(parameter)] in saved["state"]}
+    hyper = {key: value for key, value in saved["param_groups"][0].items() if key not in ("params", "lr", "name")}
+    groups = [{**group, **hyper} for group in optimizer.state_dict()["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 @dataclass
@@ -142,7 +178,7 @@ def resume(out: Path, device, setting_changes: dict) -> TrainingState:
         raise FitError(f"{out} (step {recorded_step}) and {sidecar} (step {saved['step']}) do not belong together")
     settings = replace(FitSettings.from_dict(saved["settings"]), **setting_changes)
     optimizer = make_optimizer(generator, settings)
-    optimizer.load_state_dict(saved["optimizer"])
+    load_optimizer_state(optimizer, generator, saved["optimizer"])
     return TrainingState(generator, optimizer, settings, int(saved["step"]), float(saved["train_seconds"]),
                          float(saved.get("loss", float("nan"))))
 
@@ -437,8 +473,9 @@ def set_learning_rate(state: TrainingState, fraction: float) -> None:
     ramp = (fraction - settings.decay_from) / max(1.0 - settings.decay_from, 1e-9)
     ramp = min(max(ramp, 0.0), 1.0)
     scale = 1.0 + ramp * (settings.final_lr_fraction - 1.0)
+    multipliers = group_lr_multipliers(settings)
     for group in state.optimizer.param_groups:
-        group["lr"] = settings.learning_rate * scale
+        group["lr"] = settings.learning_rate * scale * multipliers[group["name"]]
 
 
 def _finished(state: TrainingState, request: FitRequest, run_start: float) -> bool:
