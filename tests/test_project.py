@@ -389,3 +389,15 @@ def test_annotate_sim_bad_views_and_foreign_backbone(tmp_path, tiny_backbone_fil
     args = ["annotate-sim", "--project", str(folder), "--identities", "1", "--views", "0,0", "--backbone", str(tiny_backbone_file)]
     assert main(args) == 2
     assert "is not the backbone of" in capsys.readouterr().err
+
+
+def test_writable_open_removes_masks_whose_add_never_committed(project):
+    kept = project.add_annotation(SEED_IDENTITY, Camera(), sample_mask())
+    orphan = project.folder / "annotations" / f"{kept + 1:04d}.png"  # killed between PNG and JSON
+    write_indexed_png(orphan, sample_mask(), project.label_set.palette())
+    project.close()
+    assert Project.open(project.folder).annotation_ids() == [kept, kept + 1]  # a reader removes nothing
+    reopened = Project.open(project.folder, writable=True)
+    assert not orphan.exists()
+    assert reopened.annotation_ids() == [kept]
+    assert reopened.add_annotation(SEED_IDENTITY, Camera(), sample_mask()) == kept + 1  # the id is reused

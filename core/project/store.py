@@ -96,11 +96,15 @@ class Project:
             config = _read_config(folder / PROJECT_FILE)
             if writable:
                 _remove_stale_temp_files(folder)
+                _remove_uncommitted_masks(folder)
         except BaseException:
             if lock:
                 lock.release()
             raise
-        return cls(folder, config, lock)
+        project = cls(folder, config, lock)
+        if writable:
+            project._finish_interrupted_updates()
+        return project
 
     @staticmethod
     def exists(folder) -> bool:
@@ -320,6 +324,22 @@ class Project:
         ids = self.annotation_ids()  # orphan PNGs count: their id is never reused
         return ids[-1] + 1 if ids else 0
 
+    def _finish_interrupted_updates(self) -> None:
+        """An update writes the PNG, then the JSON: a PNG newer than its JSON is a stroke killed
+        between the two. The mask is whole (each write is atomic), so keep it and rewrite the
+        JSON's pixel counts from it; a file that does not read is left for the error paths."""
+        for annotation_id in self.annotation_ids():
+            png_path, json_path = self.annotation_paths(annotation_id)
+            try:
+                if png_path.stat().st_mtime_ns <= json_path.stat().st_mtime_ns:
+                    continue
+                meta = self._read_meta(annotation_id)
+                mask = self._read_mask(png_path)
+            except (OSError, AnnotationError):
+                continue
+            if mask.shape == meta.resolution and pixel_counts(mask) != meta.pixel_counts:
+                atomic_write_json(json_path, replace(meta, pixel_counts=pixel_counts(mask)).to_json())
+
     def _read_meta(self, annotation_id: int) -> AnnotationMeta:
         png_path, json_path = self.annotation_paths(annotation_id)
         if not json_path.exists():
@@ -444,6 +464,20 @@ def _remove_stale_temp_files(folder: Path) -> None:
     """
     for path in [*folder.glob(f".{PROJECT_FILE}.*.tmp"), *(folder / ANNOTATIONS_DIR).glob(".*.tmp")]:
         path.unlink(missing_ok=True)
+
+
+def _remove_uncommitted_masks(folder: Path) -> None:
+    """NNNN.png files with no NNNN.json: an add killed before its commit, or a delete killed mid-way.
+
+    The JSON is an annotation's commit (add writes the PNG, then the JSON; delete removes the
+    JSON first), so a PNG alone was never a committed annotation, or was already deleted.
+    """
+    annotations = folder / ANNOTATIONS_DIR
+    if not annotations.is_dir():
+        return
+    for png_path in annotations.glob("*.png"):
+        if _ANNOTATION_STEM.match(png_path.stem) and not png_path.with_suffix(".json").exists():
+            png_path.unlink(missing_ok=True)
 
 
 def _report(error: AnnotationError, problems: list | None) -> None:
