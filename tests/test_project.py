@@ -14,6 +14,7 @@ from PIL import Image
 from core.camera import Camera
 from core.cli import main
 from core.fileio import atomic_write_json, read_indexed_png, write_indexed_png
+from core.project.records import pixel_counts
 from core.project import (BackboneRef, CorruptAnnotationError, ForeignAnnotationError,
                           IdentityRef, LabelInUseError, LabelSet, LabelSetError, MaskSizeError,
                           Project, ProjectExistsError, ProjectLockedError, ProjectNotFoundError,
@@ -401,3 +402,21 @@ def test_writable_open_removes_masks_whose_add_never_committed(project):
     assert not orphan.exists()
     assert reopened.annotation_ids() == [kept]
     assert reopened.add_annotation(SEED_IDENTITY, Camera(), sample_mask()) == kept + 1  # the id is reused
+
+
+def test_a_recovery_that_fails_on_open_releases_the_lock(project, monkeypatch):
+    annotation_id = project.add_annotation(SEED_IDENTITY, Camera(), sample_mask())
+    png_path, json_path = project.annotation_paths(annotation_id)
+    write_indexed_png(png_path, np.zeros_like(sample_mask()), project.label_set.palette())  # killed before its JSON
+    os.utime(json_path, ns=(0, 0))
+    project.close()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("core.project.store.atomic_write_json", full_disk)
+        with pytest.raises(OSError, match="No space left"):
+            Project.open(project.folder, writable=True)
+    with Project.open(project.folder, writable=True) as reopened:  # the lock was not left held
+        assert reopened.annotations()[0].pixel_counts == pixel_counts(np.zeros_like(sample_mask()))

@@ -93,17 +93,13 @@ class Project:
             raise ProjectNotFoundError(f"{folder} is not a studio project (no {PROJECT_FILE})")
         lock = _take_lock(folder) if writable else None
         try:
-            config = _read_config(folder / PROJECT_FILE)
+            project = cls(folder, _read_config(folder / PROJECT_FILE), lock)
             if writable:
-                _remove_stale_temp_files(folder)
-                _remove_uncommitted_masks(folder)
+                project._recover_interrupted_writes()
         except BaseException:
             if lock:
                 lock.release()
             raise
-        project = cls(folder, config, lock)
-        if writable:
-            project._finish_interrupted_updates()
         return project
 
     @staticmethod
@@ -321,8 +317,15 @@ class Project:
         self._label_set = LabelSet.from_json(config["labels"])
 
     def _next_id(self) -> int:
-        ids = self.annotation_ids()  # orphan PNGs count: their id is never reused
+        ids = self.annotation_ids()  # an orphan PNG counts until a writable open removes it
         return ids[-1] + 1 if ids else 0
+
+    def _recover_interrupted_writes(self) -> None:
+        """Undo or finish what a killed writer left: temp files, uncommitted masks, and updates
+        killed between their PNG and their JSON."""
+        _remove_stale_temp_files(self.folder)
+        _remove_uncommitted_masks(self.folder)
+        self._finish_interrupted_updates()
 
     def _finish_interrupted_updates(self) -> None:
         """An update writes the PNG, then the JSON: a PNG newer than its JSON is a stroke killed
@@ -337,8 +340,9 @@ class Project:
                 mask = self._read_mask(png_path)
             except (OSError, AnnotationError):
                 continue
-            if mask.shape == meta.resolution and pixel_counts(mask) != meta.pixel_counts:
-                atomic_write_json(json_path, replace(meta, pixel_counts=pixel_counts(mask)).to_json())
+            counts = pixel_counts(mask)
+            if mask.shape == meta.resolution and counts != meta.pixel_counts:
+                atomic_write_json(json_path, replace(meta, pixel_counts=counts).to_json())
 
     def _read_meta(self, annotation_id: int) -> AnnotationMeta:
         png_path, json_path = self.annotation_paths(annotation_id)
