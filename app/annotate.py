@@ -23,7 +23,10 @@ from app.widgets import LabelPalette, colour_icon, image_view_widget, label_lut,
 from app.workers import RenderClient, run_in_background
 from core.annotation import AnnotationAutosaver, MaskEditor, ViewKey
 from core.procedural import SEED_RANGES
-from core.project import IdentityRef, Project
+from core.semantic.annotations import (SkippedAnnotation, TrainingInventory, trainable_reason,
+                                       training_inventory)
+from core.project import UNLABELLED_ID, IdentityRef, Project
+from core.project.labels import UNLABELLED_COLOUR, UNLABELLED_NAME
 
 TOOLS = ("paint", "erase", "fill", "pick")
 TOOL_KEYS = {"paint": "B", "erase": "E", "fill": "F", "pick": "I"}
@@ -111,6 +114,8 @@ class AnnotateWorkspace(QWidget):
         self.resolution = DEFAULT_ANNOTATION_RESOLUTION
         self._editors: OrderedDict[ViewKey, MaskEditor] = OrderedDict()
         self._stored_counts: dict[int, dict[int, int]] = {}  # annotation id -> pixels per class
+        self._skip_reasons: dict[int, str | None] = {}  # annotation id -> why training skips it (None: used)
+        self._count_rows: list[int] = []  # label id of each row of the counts table
         self._current_request: ViewRequest | None = None
         self.last_frame: Frame | None = None
         self._stale = False
@@ -215,14 +220,20 @@ class AnnotateWorkspace(QWidget):
     def apply_prefill(self, labels: np.ndarray) -> None:
         """Put predicted labels into the current mask as one undoable, autosaved step."""
         known = self.project.label_set.id_lookup()
-        mask = np.where(known[labels], labels, 0).astype(np.uint8)  # ids this project does not define
-        self._committed(self.editor.replace(mask))
-        self.status_message.emit("Prefilled from the semantic branch; Ctrl+Z undoes it")
+        mask = np.where(known[labels], labels, UNLABELLED_ID).astype(np.uint8)  # ids this project lacks
+        change = self.editor.replace(mask)
+        self._committed(change)
+        if change is None:
+            self.status_message.emit("Prefill changed nothing: this mask already holds the branch's labels")
+        else:
+            self.status_message.emit(f"Prefilled from the semantic branch ({change.pixel_count:,} pixels changed); "
+                                     "Ctrl+Z undoes it")
 
     def refresh_label_set(self) -> None:
-        """After the label set was edited: new names and colours, same masks."""
+        """After the label set was edited: new names and colours (and ignore flags), same masks."""
         if self.project is not None:
             self._apply_label_set()
+            self._refresh_counts()
 
     # ================================================================== identity and view
     def set_identity(self, seed: int) -> None:
@@ -276,7 +287,8 @@ class AnnotateWorkspace(QWidget):
             self._editors.move_to_end(key)
             return self._editors[key]
         stored = self.autosaver.load_mask(key)
-        editor = MaskEditor(stored if stored is not None else np.zeros(key.resolution, np.uint8))
+        # A new view starts unlabelled: training learns only from what was painted (or prefilled).
+        editor = MaskEditor(stored if stored is not None else np.full(key.resolution, UNLABELLED_ID, np.uint8))
         self._editors[key] = editor
         if len(self._editors) > EDITOR_CACHE:
             self._editors.popitem(last=False)
@@ -320,7 +332,7 @@ class AnnotateWorkspace(QWidget):
     def begin_stroke(self, x: float, y: float) -> None:
         if self.editor is None or self.tool not in ("paint", "erase"):
             return
-        label = 0 if self.tool == "erase" else self.label
+        label = UNLABELLED_ID if self.tool == "erase" else self.label  # erase = back to unlabelled
         self.editor.begin_stroke(label, self.brush_size / 2)
         self.editor.stroke_to(x, y)
         self._refresh_overlay()
@@ -383,6 +395,8 @@ class AnnotateWorkspace(QWidget):
             kind, subject, detail = self._save_events.popleft()
             if kind == "saved":
                 self._stored_counts[subject] = detail
+                # The rule training applies, on the counts just written (no re-reading the file).
+                self._skip_reasons[subject] = trainable_reason(self.project.label_set, detail)
                 changed = True
             else:
                 self.error.emit(f"Could not save the annotation: {detail}")
@@ -409,28 +423,47 @@ class AnnotateWorkspace(QWidget):
             return
         annotated = self.autosaver.annotation_ids()
         this_identity = sum(1 for key in annotated if key.identity == self.key.identity)
-        self._counts_label.setText(
-            f"Seed {self.seed}: {this_identity} annotated view(s) · project: {len(annotated)} annotation(s)"
-            + (" · this view is annotated" if self.key in annotated else ""))
+        inventory = self.training_inventory()
+        this_view = annotated.get(self.key)
+        view_note = ""
+        if this_view is not None:
+            reason = self._skip_reasons.get(this_view)
+            view_note = " · this view is annotated" + (f" but skipped by training: {reason}" if reason else "")
+        self._counts_label.setText(f"Seed {self.seed}: {this_identity} annotated view(s){view_note}\n"
+                                   f"Project: {inventory.describe(limit=2)}")
         view_counts = self.editor.pixel_counts()
         totals: dict[int, int] = {}
         for counts in self._stored_counts.values():
             for label_id, pixels in counts.items():
                 totals[label_id] = totals.get(label_id, 0) + pixels
-        for row, label in enumerate(self.project.label_set.labels):
-            self._counts_table.item(row, 1).setText(str(view_counts.get(label.id, 0)))
-            self._counts_table.item(row, 2).setText(str(totals.get(label.id, 0)))
+        for row, label_id in enumerate(self._count_rows):
+            self._counts_table.item(row, 1).setText(f"{view_counts.get(label_id, 0):,}")
+            self._counts_table.item(row, 2).setText(f"{totals.get(label_id, 0):,}")
+
+    def training_inventory(self) -> TrainingInventory:
+        """What Train will use and skip, by the rule training applies (core.semantic.annotations)."""
+        usable = tuple(i for i, reason in sorted(self._skip_reasons.items()) if reason is None)
+        skipped = tuple(SkippedAnnotation(i, reason) for i, reason in sorted(self._skip_reasons.items())
+                        if reason is not None)
+        return TrainingInventory(usable, skipped)
 
     def _apply_label_set(self) -> None:
         label_set = self.project.label_set
         current = self._palette.current_label()
         self._palette.set_label_set(label_set)
         self._palette.select_label(current if current in label_set else (label_set.ids[1] if len(label_set) > 1 else 0))
-        self._lut = label_lut(label_set)
-        self._counts_table.setRowCount(len(label_set))
-        for row, label in enumerate(label_set.labels):
-            name = QTableWidgetItem(colour_icon(label.colour), label.name)
-            self._counts_table.setItem(row, 0, name)
+        self._lut = label_lut(label_set, show_background=True)
+        # Whole-project check (a label's ignore flag may have changed): the rule training applies.
+        inventory = training_inventory(self.project)
+        self._skip_reasons = {i: None for i in inventory.usable}
+        self._skip_reasons.update({skipped.annotation_id: skipped.reason for skipped in inventory.skipped})
+        rows = [(label.id, colour_icon(label.colour), label.name + (" (ignored)" if label.ignore else ""))
+                for label in label_set.labels]
+        rows.append((UNLABELLED_ID, colour_icon(UNLABELLED_COLOUR), f"{UNLABELLED_NAME} (not trained on)"))
+        self._count_rows = [label_id for label_id, _, _ in rows]
+        self._counts_table.setRowCount(len(rows))
+        for row, (_, icon, text) in enumerate(rows):
+            self._counts_table.setItem(row, 0, QTableWidgetItem(icon, text))
             for column in (1, 2):
                 item = QTableWidgetItem("0")
                 item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)

@@ -7,7 +7,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QIcon, QPixmap
 from PySide6.QtWidgets import QLabel, QListWidget, QListWidgetItem, QWidget
 
-from core.project import LabelSet
+from core.project import UNLABELLED_ID, LabelSet
 
 # Images are (rows, cols[, channels]) everywhere in the studio, as numpy and the renderer have them.
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
@@ -19,12 +19,14 @@ def colour_icon(colour, size: int = 14) -> QIcon:
     return QIcon(pixmap)
 
 
-def label_lut(label_set: LabelSet) -> np.ndarray:
-    """(256, 4) uint8 RGBA lookup for an overlay: label colours, background fully transparent."""
+def label_lut(label_set: LabelSet, show_background: bool = False) -> np.ndarray:
+    """(256, 4) uint8 RGBA lookup for an overlay: label colours; unlabelled (UNLABELLED_ID) always
+    transparent, background too unless `show_background` (Annotate: painted background shows)."""
     lut = np.zeros((256, 4), np.uint8)
     for label in label_set.labels:
-        if label.id != 0:
+        if label.id != 0 or show_background:
             lut[label.id] = (*label.colour, 255)
+    lut[UNLABELLED_ID] = 0
     return lut
 
 

@@ -5,7 +5,7 @@ from app_support import backbone, gui_thread_garbage_collection, MASK_SIZE, tiny
 from PySide6.QtCore import QPoint, Qt
 
 from app.annotate import AnnotateWorkspace
-from core.project import Project
+from core.project import UNLABELLED_ID, Project
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_every_committed_stroke_is_on_disk(workspace):
     assert stored_mask(workspace).tobytes() == workspace.editor.mask.tobytes()
     workspace.undo()  # undo is a committed change too
     assert workspace.flush()
-    assert not stored_mask(workspace).any()
+    assert (stored_mask(workspace) == UNLABELLED_ID).all()
 
 
 def test_fill_erase_and_pick_tools(workspace):
@@ -50,10 +50,10 @@ def test_fill_erase_and_pick_tools(workspace):
     workspace.set_label(5)
     workspace.set_tool("fill")
     workspace.click_at(3.5, 3.5)
-    assert (workspace.editor.mask[:8] == 5).all() and (workspace.editor.mask[13:] == 0).all()
+    assert (workspace.editor.mask[:8] == 5).all() and (workspace.editor.mask[13:] == UNLABELLED_ID).all()
     workspace.set_tool("erase")
     workspace.click_at(3.5, 3.5)
-    assert workspace.editor.mask[3, 3] == 0
+    assert workspace.editor.mask[3, 3] == UNLABELLED_ID  # erasing makes a pixel unlabelled again
     workspace.set_tool("pick")
     workspace.click_at(16.5, 10.5)
     assert workspace.label == 1 and workspace.tool == "paint"
@@ -76,7 +76,7 @@ def test_views_keep_their_own_masks_and_history(workspace):
     workspace.apply_stroke([(8.5, 8.5)], label=2)
     first = workspace.editor.mask.copy()
     workspace.next_identity()
-    assert not workspace.editor.mask.any()
+    assert (workspace.editor.mask == UNLABELLED_ID).all()
     workspace.set_view(30, 0)
     assert workspace.key.camera.yaw == 30
     workspace.set_identity(workspace.seed - 1)
@@ -132,7 +132,7 @@ def test_shortcuts_select_labels_tools_and_brush(workspace, qtbot):
 def test_counts_follow_the_saved_masks(workspace, qtbot):
     workspace.apply_stroke([(16.5, 16.5)], label=7)
     qtbot.waitUntil(lambda: 7 in {k for c in workspace._stored_counts.values() for k in c}, timeout=5000)
-    assert "1 annotation" in workspace._counts_label.text()
+    assert "1 annotated view(s): 1 used for training" in workspace._counts_label.text()
     row = workspace.project.label_set.ids.index(7)
     assert int(workspace._counts_table.item(row, 1).text()) == (workspace.editor.mask == 7).sum()
     assert int(workspace._counts_table.item(row, 2).text()) == (workspace.editor.mask == 7).sum()
@@ -142,3 +142,52 @@ def test_the_rendered_view_fills_the_mask_square(workspace, qtbot):
     qtbot.waitUntil(lambda: workspace._image_item.image is not None, timeout=10000)
     assert workspace._image_item.boundingRect().width() > 0
     assert workspace._image_item.mapRectToParent(workspace._image_item.boundingRect()).width() == pytest.approx(MASK_SIZE)
+
+
+def test_a_new_view_starts_unlabelled_and_the_counts_show_it(workspace, qtbot):
+    from app.widgets import label_lut
+
+    assert (workspace.editor.mask == UNLABELLED_ID).all()
+    workspace.apply_stroke([(16.5, 16.5)], label=0)  # painted background is a label like the others
+    qtbot.waitUntil(lambda: bool(workspace._stored_counts), timeout=5000)
+    rows = {workspace._counts_table.item(row, 0).text(): row for row in range(workspace._counts_table.rowCount())}
+    unlabelled_row = rows["unlabelled (not trained on)"]
+    painted = int((workspace.editor.mask == 0).sum())
+    assert painted > 0
+    assert workspace._counts_table.item(unlabelled_row, 1).text() == f"{MASK_SIZE ** 2 - painted:,}"
+    assert workspace._counts_table.item(rows["background"], 1).text() == f"{painted:,}"
+    lut = label_lut(workspace.project.label_set, show_background=True)
+    assert lut[UNLABELLED_ID, 3] == 0 and lut[0, 3] == 255  # unlabelled clear, painted background drawn
+
+
+def test_annotate_and_train_count_alike(workspace, qtbot, backbone):
+    from app.training import TrainDialog
+    from core.semantic.annotations import NOTHING_PAINTED
+
+    workspace.apply_stroke([(4.5, 4.5)], label=3)
+    workspace.next_identity()
+    workspace.apply_stroke([(4.5, 4.5)], label=3)
+    workspace.undo()  # saved again: all unlabelled, so nothing to learn from
+    assert workspace.flush()
+    qtbot.waitUntil(lambda: len(workspace._skip_reasons) == 2, timeout=5000)
+    workspace._drain_save_events()
+    text = workspace._counts_label.text()
+    assert f"2 annotated view(s): 1 used for training, 1 skipped (0001: {NOTHING_PAINTED})" in text
+    assert "this view is annotated but skipped by training" in text
+    dialog = TrainDialog(workspace.project, backbone)
+    qtbot.addWidget(dialog)
+    assert dialog.refresh_inventory() == workspace.training_inventory()
+    assert f"1 skipped (0001: {NOTHING_PAINTED})" in dialog._inventory_label.text()
+
+
+def test_the_label_set_dialog_marks_a_label_ignore(qtbot):
+    from PySide6.QtCore import Qt
+
+    from app.dialogs import LabelSetTable
+    from core.project import default_label_set
+
+    table = LabelSetTable(default_label_set())
+    qtbot.addWidget(table)
+    neck_row = default_label_set().ids.index(11)
+    table._table.item(neck_row, 3).setCheckState(Qt.Checked)
+    assert table.label_set().ignored_ids == [11]

@@ -130,3 +130,16 @@ def test_skipping_empty_space_shows_the_same_frame(project, backbone):
     assert np.abs(plain.rgb.astype(int) - culled.rgb.astype(int)).max() <= 1
     assert np.abs(plain.depth.astype(int) - culled.depth.astype(int)).max() <= 1
     assert np.mean(plain.labels == culled.labels) > 0.99
+
+
+def test_a_prefill_that_changes_nothing_says_so(annotate, qtbot, backbone, project):
+    save_tiny_branch(project, backbone)
+    state = load_project_branch(project, backbone)
+    annotate.set_semantic_branch(state)
+    messages = []
+    annotate.status_message.connect(messages.append)
+    expected = predict_mask(backbone, state.branch, annotate.seed, 1.0, backbone.camera(), MASK_SIZE)
+    annotate.apply_prefill(expected)
+    assert "pixels changed" in messages[-1] and annotate.editor.undo_depth == 1
+    annotate.apply_prefill(expected)  # the same labels again: no new undo step, and the user is told
+    assert "changed nothing" in messages[-1] and annotate.editor.undo_depth == 1
