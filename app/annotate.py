@@ -54,7 +54,10 @@ Project
   Ctrl+T             train the semantic branch (progress, loss plot, stop)
   Ctrl+G             generate a dataset (progress, stop, resume)"""
 SAVE_POLL_MS = 100  # how soon the counters show a finished write
-EDITOR_CACHE = 32  # views whose undo history is kept while flipping between them
+# Undo history is kept per view (as napari keeps it per layer), for the views most recently
+# visited, within this many bytes of masks and history over all of them; the least recently
+# visited view's history goes first (its mask is on disk), the current view's never does.
+HISTORY_BUDGET_BYTES = 64 * 2**20
 
 
 class PaintViewBox(pg.ViewBox):
@@ -288,11 +291,22 @@ class AnnotateWorkspace(QWidget):
             return self._editors[key]
         stored = self.autosaver.load_mask(key)
         # A new view starts unlabelled: training learns only from what was painted (or prefilled).
-        editor = MaskEditor(stored if stored is not None else np.full(key.resolution, UNLABELLED_ID, np.uint8))
+        editor = MaskEditor(stored if stored is not None else np.full(key.resolution, UNLABELLED_ID, np.uint8),
+                            history_bytes_limit=HISTORY_BUDGET_BYTES // 2)
         self._editors[key] = editor
-        if len(self._editors) > EDITOR_CACHE:
-            self._editors.popitem(last=False)
+        self._trim_history()
         return editor
+
+    def _trim_history(self) -> None:
+        """Forget the least recently visited views' editors until the history fits its budget."""
+        total = sum(editor.nbytes for editor in self._editors.values())
+        while total > HISTORY_BUDGET_BYTES and len(self._editors) > 1:
+            _, forgotten = self._editors.popitem(last=False)
+            total -= forgotten.nbytes
+
+    def history_nbytes(self) -> int:
+        """Bytes of masks and undo history held for the views visited (bounded by the budget)."""
+        return sum(editor.nbytes for editor in self._editors.values())
 
     def _show_frame(self, frame: Frame) -> None:
         if self._current_request is None or frame.request.scene != self._current_request.scene:
@@ -384,6 +398,7 @@ class AnnotateWorkspace(QWidget):
         self._refresh_overlay()
         if change is not None:
             self.autosaver.submit(self.key, self.editor.mask)
+            self._trim_history()
         self._refresh_counts()
         self._undo_button.setEnabled(self.editor.can_undo)
         self._redo_button.setEnabled(self.editor.can_redo)

@@ -191,3 +191,42 @@ def test_the_label_set_dialog_marks_a_label_ignore(qtbot):
     neck_row = default_label_set().ids.index(11)
     table._table.item(neck_row, 3).setCheckState(Qt.Checked)
     assert table.label_set().ignored_ids == [11]
+
+
+def test_undo_survives_moving_to_another_identity_and_view_and_back(workspace):
+    shortcuts = workspace.shortcuts
+    workspace.apply_stroke([(8.5, 8.5), (20.5, 8.5)], label=2)
+    first_key = workspace.key
+    shortcuts["N"].activated.emit()  # another identity
+    workspace.apply_stroke([(4.5, 4.5)], label=5)
+    workspace.set_view(-30, 0)  # another view of it
+    workspace.apply_stroke([(6.5, 6.5)], label=6)
+    shortcuts["P"].activated.emit()  # back to the first identity, still at yaw -30: a new view
+    assert (workspace.editor.mask == UNLABELLED_ID).all() and not workspace.editor.can_undo
+    workspace.set_view(0, 0)
+    assert workspace.key == first_key and workspace._undo_button.isEnabled()
+    shortcuts["Ctrl+Z"].activated.emit()
+    assert (workspace.editor.mask == UNLABELLED_ID).all()
+    assert workspace.flush() and (stored_mask(workspace) == UNLABELLED_ID).all()  # the undo is saved
+    shortcuts["Ctrl+Shift+Z"].activated.emit()
+    assert (workspace.editor.mask == 2).sum() > 0
+    shortcuts["N"].activated.emit()
+    workspace.set_view(-30, 0)
+    shortcuts["Ctrl+Z"].activated.emit()
+    assert (workspace.editor.mask == UNLABELLED_ID).all()
+
+
+def test_undo_history_is_bounded_in_memory(workspace, monkeypatch):
+    mask_bytes = MASK_SIZE * MASK_SIZE
+    monkeypatch.setattr("app.annotate.HISTORY_BUDGET_BYTES", 4 * mask_bytes)
+    painted = []
+    for view in range(8):
+        workspace.set_identity(1_000_000 + view)
+        workspace.apply_stroke([(0.5, 16.5), (31.5, 16.5)], label=3)
+        painted.append(workspace.editor.mask.copy())
+        assert workspace.history_nbytes() <= 4 * mask_bytes
+    assert len(workspace._editors) < 8
+    workspace.set_identity(1_000_000)  # the oldest view: its history was forgotten, its mask was not
+    assert np.array_equal(workspace.editor.mask, painted[0]) and not workspace.editor.can_undo
+    workspace.set_identity(1_000_007)  # the view visited just before kept its history
+    assert workspace.editor.can_undo
