@@ -13,7 +13,7 @@ def workspace(qtbot, tmp_path, backbone):
     project = tiny_project(tmp_path / "proj", backbone)
     workspace = AnnotateWorkspace()
     qtbot.addWidget(workspace, before_close_func=lambda w: w.shutdown())
-    workspace.resize(900, 700)
+    workspace.resize(1100, 760)  # about the studio window's workspace area (1280 x 820)
     workspace.show()
     workspace.set_session(backbone, project)
     yield workspace  # qtbot shuts it down (threads, autosave) before closing it
@@ -134,8 +134,8 @@ def test_counts_follow_the_saved_masks(workspace, qtbot):
     qtbot.waitUntil(lambda: 7 in {k for c in workspace._stored_counts.values() for k in c}, timeout=5000)
     assert "1 annotated view(s): 1 used for training" in workspace._counts_label.text()
     row = workspace.project.label_set.ids.index(7)
-    assert int(workspace._counts_table.item(row, 1).text()) == (workspace.editor.mask == 7).sum()
-    assert int(workspace._counts_table.item(row, 2).text()) == (workspace.editor.mask == 7).sum()
+    assert workspace._labels_table.item(row, 2).text() == f"{(workspace.editor.mask == 7).sum():,}"
+    assert workspace._labels_table.item(row, 3).text() == f"{(workspace.editor.mask == 7).sum():,}"
 
 
 def test_the_rendered_view_fills_the_mask_square(workspace, qtbot):
@@ -150,12 +150,13 @@ def test_a_new_view_starts_unlabelled_and_the_counts_show_it(workspace, qtbot):
     assert (workspace.editor.mask == UNLABELLED_ID).all()
     workspace.apply_stroke([(16.5, 16.5)], label=0)  # painted background is a label like the others
     qtbot.waitUntil(lambda: bool(workspace._stored_counts), timeout=5000)
-    rows = {workspace._counts_table.item(row, 0).text(): row for row in range(workspace._counts_table.rowCount())}
+    table = workspace._labels_table
+    rows = {table.item(row, 1).text(): row for row in range(table.rowCount())}
     unlabelled_row = rows["unlabelled (not trained on)"]
     painted = int((workspace.editor.mask == 0).sum())
     assert painted > 0
-    assert workspace._counts_table.item(unlabelled_row, 1).text() == f"{MASK_SIZE ** 2 - painted:,}"
-    assert workspace._counts_table.item(rows["background"], 1).text() == f"{painted:,}"
+    assert table.item(unlabelled_row, 2).text() == f"{MASK_SIZE ** 2 - painted:,}"
+    assert table.item(rows["background"], 2).text() == f"{painted:,}"
     lut = label_lut(workspace.project.label_set, show_background=True)
     assert lut[UNLABELLED_ID, 3] == 0 and lut[0, 3] == 255  # unlabelled clear, painted background drawn
 
@@ -230,3 +231,78 @@ def test_undo_history_is_bounded_in_memory(workspace, monkeypatch):
     assert np.array_equal(workspace.editor.mask, painted[0]) and not workspace.editor.can_undo
     workspace.set_identity(1_000_007)  # the view visited just before kept its history
     assert workspace.editor.can_undo
+
+
+def test_every_label_shows_and_has_a_key_or_the_picker(workspace, qtbot):
+    label_set = workspace.project.label_set
+    table = workspace._labels_table
+    assert table.rowCount() == len(label_set) + 1  # and the unlabelled row
+    # The whole set is visible at once: every row lies inside the table's viewport.
+    qtbot.waitUntil(lambda: table.viewport().height() > 0)
+    last = table.visualItemRect(table.item(table.rowCount() - 1, 1))
+    assert last.bottom() <= table.viewport().height(), (last, table.viewport().height())
+    keys = [table.item(row, 0).text() for row in range(len(label_set))]
+    assert keys[:10] == [str(d) for d in range(10)] and keys[10:12] == ["Alt+0", "Alt+1"]
+    workspace.shortcuts["Alt+1"].activated.emit()  # neck, the 12th label
+    assert workspace.label == 11 and "neck" in workspace._brush_label.text()
+    picker = workspace._label_picker
+    for text, expected in (("mouth", 10), ("MOU", 10), ("8", 8), ("9 nose", 9)):
+        picker.setText(text)
+        picker.returnPressed.emit()
+        assert workspace.label == expected and picker.text() == ""
+    picker.setText("ear")  # four labels contain it: nothing picked, the text stays to refine
+    picker.returnPressed.emit()
+    assert workspace.label == 9 and picker.text() == "ear"
+    table.label_clicked.emit(3)
+    assert workspace.label == 3
+    table.label_clicked.emit(UNLABELLED_ID)  # the unlabelled row is the eraser
+    assert workspace.tool == "erase"
+
+
+def test_the_legend_names_the_colours_painted_in_this_view(workspace):
+    workspace.apply_stroke([(4.5, 4.5)], label=10)
+    workspace.apply_stroke([(20.5, 20.5)], label=0)
+    assert workspace._legend.entries == ["background", "mouth"]
+    workspace.undo()
+    workspace.undo()
+    assert workspace._legend.entries == []  # only unlabelled pixels: nothing coloured to explain
+
+
+def test_the_canvas_shows_a_sharp_view_and_says_which(qtbot, tmp_path, monkeypatch):
+    from app.annotate import sharp_view_resolution
+    from core.backbone import Backbone
+    from core.generator.configs import tiny_config
+    from core.generator.triplane import TriPlaneGenerator
+
+    # No super-resolution, as the embedded default: a second, sharper render follows the refined one.
+    plain = Backbone(TriPlaneGenerator.from_config(tiny_config(neural_resolution=16)), "plain", "plain-hash")
+    monkeypatch.setattr("app.annotate.SHARP_NEURAL_RESOLUTION", {"cpu": 48})
+    assert sharp_view_resolution(plain) == 48
+    project = tiny_project(tmp_path / "plain", plain)
+    workspace = AnnotateWorkspace()
+    qtbot.addWidget(workspace, before_close_func=lambda w: w.shutdown())
+    workspace.resize(1100, 760)
+    workspace.show()
+    workspace.set_session(plain, project)
+    qtbot.waitUntil(lambda: workspace.last_frame is not None and workspace.last_frame.rgb.shape[0] == 48,
+                    timeout=20000)
+    assert "neural resolution 48²" in workspace._shown_resolution.text()
+    assert f"mask: {MASK_SIZE}²" in workspace._shown_resolution.text()
+    assert workspace.editor.mask.shape == (MASK_SIZE, MASK_SIZE)  # stored at the project's size
+    shown = workspace._image_item.mapRectToParent(workspace._image_item.boundingRect())
+    assert shown.width() == pytest.approx(MASK_SIZE)  # the sharp frame covers the mask's square
+    workspace.apply_stroke([(4.5, 4.5)], label=3)
+    assert workspace.flush() and stored_mask(workspace).shape == (MASK_SIZE, MASK_SIZE)
+    workspace.clear_session()
+    project.close()
+
+
+def test_a_backbone_with_super_resolution_shows_its_own_output():
+    from app.annotate import sharp_view_resolution
+    from core.backbone import Backbone
+    from core.generator.configs import tiny_config
+    from core.generator.triplane import TriPlaneGenerator
+
+    with_sr = Backbone(TriPlaneGenerator.from_config(tiny_config(superresolution=True)), "sr", "sr-hash")
+    assert with_sr.generator.img_resolution > with_sr.generator.neural_rendering_resolution
+    assert sharp_view_resolution(with_sr) is None  # its refined frame is its super-resolved output
