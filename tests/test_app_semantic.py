@@ -74,8 +74,14 @@ def test_labels_and_blend_modes_show_the_branch(orbit, qtbot, backbone, project)
                     and not orbit.last_frame.coarse, timeout=20000)
     shown = orbit._image_item.image
     assert np.array_equal(shown, colour_labels(orbit.last_frame.labels, project.label_set.palette()))
+    present = set(np.unique(orbit.last_frame.labels).tolist())
+    names = [label.name for label in project.label_set.labels if label.id in present]
+    assert orbit.legend.isVisible() and orbit.legend.entries == names  # what the colours mean
     orbit.set_mode("Blend")
     assert orbit._image_item.image.shape == orbit.last_frame.rgb.shape
+    assert orbit.legend.isVisible() and orbit.legend.entries == names
+    orbit.set_mode("RGB")
+    assert not orbit.legend.isVisible()
     orbit.set_semantic_branch(load_project_branch(None, backbone))  # project closed: back to RGB
     assert orbit.mode == "RGB" and not orbit._mode_buttons["Blend"].isEnabled()
 
