@@ -652,9 +652,13 @@ class AnnotateWorkspace(QWidget):
         self._seed_spin = QSpinBox(minimum=0, maximum=2**31 - 1, value=self.seed)
         self._seed_spin.setToolTip("EG3D seed of the identity (annotation seeds start at 1,000,000)")
         self._seed_spin.valueChanged.connect(self.set_identity)
-        seeds.addWidget(QPushButton("◀ Prev", clicked=self.previous_identity, toolTip="Previous identity (P, PageUp)"))
+        previous = QPushButton("◀", clicked=self.previous_identity, toolTip="Previous identity (P, PageUp)")
+        following = QPushButton("▶", clicked=self.next_identity, toolTip="Next identity (N, PageDown)")
+        for button in (previous, following):
+            button.setFixedWidth(40)  # narrow, so the row's "Seed" label keeps its room
+        seeds.addWidget(previous)
         seeds.addWidget(self._seed_spin, stretch=1)
-        seeds.addWidget(QPushButton("Next ▶", clicked=self.next_identity, toolTip="Next identity (N, PageDown)"))
+        seeds.addWidget(following)
         layout.addRow("Seed", seeds)
         presets = QHBoxLayout()
         for name, (yaw, pitch) in VIEW_PRESETS.items():
@@ -663,7 +667,7 @@ class AnnotateWorkspace(QWidget):
             presets.addWidget(button)
         presets.addWidget(QPushButton("Fit", clicked=self.fit_view,
                                       toolTip="Show the whole mask (middle-drag pans, wheel zooms)"))
-        layout.addRow("Preset", presets)
+        layout.addRow(presets)  # the buttons say what they are; a row label would squeeze them
         self._yaw_spin = QDoubleSpinBox(minimum=-90, maximum=90, decimals=1, singleStep=5, suffix="°")
         self._pitch_spin = QDoubleSpinBox(minimum=-60, maximum=60, decimals=1, singleStep=5, suffix="°")
         self._yaw_spin.valueChanged.connect(lambda yaw: self.set_view(yaw, self.pitch))

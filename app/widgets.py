@@ -119,8 +119,9 @@ class LabelTable(QTableWidget):
         rows = [(label_key(position), label.colour, label.name + (" (ignored)" if label.ignore else ""),
                  f"label id {label.id}" + (": painted, but not trained on or scored" if label.ignore else ""))
                 for position, label in enumerate(label_set.labels)]
-        rows.append(("E", UNLABELLED_COLOUR, f"{UNLABELLED_NAME} (not trained on)",
-                     f"mask value {UNLABELLED_ID}: nobody painted these pixels; erase (E) makes pixels unlabelled"))
+        rows.append(("E", UNLABELLED_COLOUR, UNLABELLED_NAME,
+                     f"mask value {UNLABELLED_ID}: nobody painted these pixels, so training and evaluation "
+                     "leave them out; erase (E) makes pixels unlabelled"))
         self.row_ids = [*label_set.ids, UNLABELLED_ID]
         self.setRowCount(len(rows))
         for row, (key, colour, name, tip) in enumerate(rows):

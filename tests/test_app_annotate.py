@@ -152,7 +152,7 @@ def test_a_new_view_starts_unlabelled_and_the_counts_show_it(workspace, qtbot):
     qtbot.waitUntil(lambda: bool(workspace._stored_counts), timeout=5000)
     table = workspace._labels_table
     rows = {table.item(row, 1).text(): row for row in range(table.rowCount())}
-    unlabelled_row = rows["unlabelled (not trained on)"]
+    unlabelled_row = rows["unlabelled"]
     painted = int((workspace.editor.mask == 0).sum())
     assert painted > 0
     assert table.item(unlabelled_row, 2).text() == f"{MASK_SIZE ** 2 - painted:,}"
