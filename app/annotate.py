@@ -38,7 +38,7 @@ MAX_BRUSH = 64
 # sharpest view in the refined frame (its output size); one without (the embedded default:
 # 128² and no super-resolution) is rendered again at this neural resolution once the refined
 # frame is on screen. 256² costs ~4x a 128² frame (1.7 s against 0.4 s on one CPU core,
-# docs/annotating.md), a GPU renders 512² in a fraction of that.
+# docs/annotating.md); 512² on a GPU is a guess at its budget (not measured: no GPU here).
 SHARP_NEURAL_RESOLUTION = {"cpu": 256, "cuda": 512}
 SHARP_MAX_FACTOR = 4
 SHORTCUTS_HELP = """Annotate
