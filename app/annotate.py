@@ -10,7 +10,7 @@ from collections import OrderedDict, deque
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QRectF, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QButtonGroup, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
                                QLabel, QPushButton, QSlider, QSpinBox,
@@ -34,6 +34,7 @@ VIEW_PRESETS = {"Frontal": (0.0, 0.0), "Left": (-30.0, 0.0), "Right": (30.0, 0.0
 DEFAULT_ANNOTATION_RESOLUTION = 128
 ANNOTATION_TRUNCATION = 1.0  # painted identities are the generator's own samples, untruncated
 MAX_BRUSH = 64
+HISTORY_KEYS = ("Ctrl+Z", "Ctrl+Shift+Z", "Ctrl+Y")  # undo, redo, redo
 # The canvas shows the view ~700 px wide. A backbone with super-resolution already gives its
 # sharpest view in the refined frame (its output size); one without (the embedded default:
 # 128² and no super-resolution) is rendered again at this neural resolution once the refined
@@ -78,6 +79,22 @@ def sharp_view_resolution(backbone) -> int | None:
     target = min(SHARP_NEURAL_RESOLUTION.get(backbone.device.type, SHARP_NEURAL_RESOLUTION["cpu"]),
                  SHARP_MAX_FACTOR * native)  # past a few times its own, a render gains no detail
     return target if target > native else None
+
+
+class _ShortcutPassThrough(QObject):
+    """Lets `keys` reach the workspace's shortcuts while a spin box or the label picker has
+    focus: their text fields would take Ctrl+Z for their own text, so after typing a seed
+    (moving to another identity and back) Ctrl+Z would not undo the stroke; and a number box
+    would swallow N, P, B... which it can never accept anyway."""
+
+    def __init__(self, keys, parent: QObject):
+        super().__init__(parent)
+        self._keys = {QKeySequence(k) for k in keys}
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.ShortcutOverride and QKeySequence(event.keyCombination()) in self._keys:
+            return True  # not accepted by the text field, so the shortcut runs
+        return False
 
 
 class PaintViewBox(pg.ViewBox):
@@ -688,7 +705,7 @@ class AnnotateWorkspace(QWidget):
         bindings += [
             ("[", lambda: self.set_brush_size(self.brush_size - 1)),
             ("]", lambda: self.set_brush_size(self.brush_size + 1)),
-            ("Ctrl+Z", self.undo), ("Ctrl+Shift+Z", self.redo), ("Ctrl+Y", self.redo),
+            (HISTORY_KEYS[0], self.undo), (HISTORY_KEYS[1], self.redo), (HISTORY_KEYS[2], self.redo),
             ("N", self.next_identity), ("PgDown", self.next_identity),
             ("P", self.previous_identity), ("PgUp", self.previous_identity),
             ("Ctrl+P", self.prefill_from_branch),
@@ -698,3 +715,11 @@ class AnnotateWorkspace(QWidget):
             shortcut = QShortcut(QKeySequence(keys), self)
             shortcut.activated.connect(action)
             self.shortcuts[keys] = shortcut
+        self._label_picker.installEventFilter(_ShortcutPassThrough(HISTORY_KEYS, self))
+        not_numbers = [keys for keys in self.shortcuts if not keys.isdigit() and not keys.startswith("Alt+")]
+        number_keys = _ShortcutPassThrough(not_numbers, self)
+        for spin in (self._seed_spin, self._yaw_spin, self._pitch_spin, self._brush_spin):
+            spin.installEventFilter(number_keys)
+        for spin in (self._seed_spin, self._yaw_spin, self._pitch_spin):
+            # Enter in a seed or angle box hands the keyboard back to painting (N, P, 0-9, B, ...).
+            spin.lineEdit().returnPressed.connect(self.canvas.setFocus)

@@ -306,3 +306,30 @@ def test_a_backbone_with_super_resolution_shows_its_own_output():
     with_sr = Backbone(TriPlaneGenerator.from_config(tiny_config(superresolution=True)), "sr", "sr-hash")
     assert with_sr.generator.img_resolution > with_sr.generator.neural_rendering_resolution
     assert sharp_view_resolution(with_sr) is None  # its refined frame is its super-resolved output
+
+
+def test_shortcuts_work_while_a_number_box_has_focus(workspace, qtbot):
+    """Typing a seed moves to another identity and back; Ctrl+Z must still undo the stroke."""
+    from PySide6.QtTest import QTest
+
+    workspace.activateWindow()
+    qtbot.waitUntil(workspace.isActiveWindow, timeout=5000)
+    handle = workspace.windowHandle()  # key events as the window system delivers them: shortcuts apply
+    workspace.apply_stroke([(8.5, 8.5), (20.5, 8.5)], label=2)
+    seed = workspace.seed
+    spin = workspace._seed_spin
+    for target in (seed + 1, seed):
+        spin.setFocus()
+        spin.lineEdit().selectAll()
+        for character in str(target):
+            QTest.keyClick(handle, character)
+        QTest.keyClick(handle, Qt.Key_Return)
+        assert workspace.seed == target
+        assert workspace.canvas.hasFocus()  # Enter hands the keys back to painting
+    spin.setFocus()
+    QTest.keyClick(handle, Qt.Key_Z, Qt.ControlModifier)
+    assert (workspace.editor.mask == UNLABELLED_ID).all()  # the stroke's undo, not the box's text undo
+    QTest.keyClick(handle, Qt.Key_Z, Qt.ControlModifier | Qt.ShiftModifier)
+    assert (workspace.editor.mask == 2).sum() > 0
+    QTest.keyClick(handle, Qt.Key_N)  # a number box can never take N: it is the next identity
+    assert workspace.seed == seed + 1
