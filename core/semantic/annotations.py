@@ -92,7 +92,7 @@ def annotated_views(project, problems: list | None = None) -> list[AnnotatedView
         png_path, _ = project.annotation_paths(meta.id)
         reason = trainable_reason(label_set, pixel_counts(annotation.mask))
         if reason is not None:
-            _report(ValueError(f"{png_path}: skipped: {reason}"), problems)
+            _report(ValueError(f"{png_path}: {reason}"), problems)
             continue
         try:
             identity = _identity(project, meta.identity)
