@@ -10,20 +10,23 @@ from collections import OrderedDict, deque
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QRectF, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QButtonGroup, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
-                               QHeaderView, QLabel, QPushButton, QSlider, QSpinBox,
-                               QStackedLayout, QTableWidget, QTableWidgetItem, QToolButton,
+                               QLabel, QPushButton, QSlider, QSpinBox,
+                               QStackedLayout, QToolButton,
                                QVBoxLayout, QWidget)
 
 from app.rendering import Frame, ViewRequest, predict_mask
 from app.semantic import BranchState, load_project_branch
-from app.widgets import LabelPalette, colour_icon, image_view_widget, label_lut, placeholder
+from app.widgets import (LabelLegend, LabelPicker, LabelTable, image_view_widget, label_key, label_lut,
+                         placeholder)
 from app.workers import RenderClient, run_in_background
 from core.annotation import AnnotationAutosaver, MaskEditor, ViewKey
 from core.procedural import SEED_RANGES
-from core.project import IdentityRef, Project
+from core.semantic.annotations import (SkippedAnnotation, TrainingInventory, trainable_reason,
+                                       training_inventory)
+from core.project import UNLABELLED_ID, IdentityRef, Project
 
 TOOLS = ("paint", "erase", "fill", "pick")
 TOOL_KEYS = {"paint": "B", "erase": "E", "fill": "F", "pick": "I"}
@@ -31,9 +34,18 @@ VIEW_PRESETS = {"Frontal": (0.0, 0.0), "Left": (-30.0, 0.0), "Right": (30.0, 0.0
 DEFAULT_ANNOTATION_RESOLUTION = 128
 ANNOTATION_TRUNCATION = 1.0  # painted identities are the generator's own samples, untruncated
 MAX_BRUSH = 64
+HISTORY_KEYS = ("Ctrl+Z", "Ctrl+Shift+Z", "Ctrl+Y")  # undo, redo, redo
+# The canvas shows the view ~700 px wide. A backbone with super-resolution already gives its
+# sharpest view in the refined frame (its output size); one without (the embedded default:
+# 128² and no super-resolution) is rendered again at this neural resolution once the refined
+# frame is on screen. 256² costs ~4x a 128² frame (1.7 s against 0.4 s on one CPU core,
+# docs/annotating.md); 512² on a GPU is a guess at its budget (not measured: no GPU here).
+SHARP_NEURAL_RESOLUTION = {"cpu": 256, "cuda": 512}
+SHARP_MAX_FACTOR = 4
 SHORTCUTS_HELP = """Annotate
   B / E / F / I      paint, erase, fill, pick
-  0–9                select a label (0 = background)
+  0–9, Alt+0–9       select label 1–20 of the list (0 = background)
+  L                  find a label by name or id (Enter picks it)
   [  ]               brush smaller / larger
   Ctrl+Z             undo the last stroke
   Ctrl+Shift+Z, Ctrl+Y   redo
@@ -51,7 +63,38 @@ Project
   Ctrl+T             train the semantic branch (progress, loss plot, stop)
   Ctrl+G             generate a dataset (progress, stop, resume)"""
 SAVE_POLL_MS = 100  # how soon the counters show a finished write
-EDITOR_CACHE = 32  # views whose undo history is kept while flipping between them
+# Undo history is kept per view (as napari keeps it per layer), for the views most recently
+# visited, within this many bytes of masks and history over all of them; the least recently
+# visited view's history goes first (its mask is on disk), the current view's never does.
+HISTORY_BUDGET_BYTES = 64 * 2**20
+
+
+def sharp_view_resolution(backbone) -> int | None:
+    """The neural resolution of Annotate's sharp frame, or None when the refined frame already is
+    the sharpest view the backbone gives (super-resolution, or no higher resolution to ask for)."""
+    generator = backbone.generator
+    if generator.superresolution is not None:
+        return None
+    native = generator.neural_rendering_resolution
+    target = min(SHARP_NEURAL_RESOLUTION.get(backbone.device.type, SHARP_NEURAL_RESOLUTION["cpu"]),
+                 SHARP_MAX_FACTOR * native)  # past a few times its own, a render gains no detail
+    return target if target > native else None
+
+
+class _ShortcutPassThrough(QObject):
+    """Lets `keys` reach the workspace's shortcuts while a spin box or the label picker has
+    focus: their text fields would take Ctrl+Z for their own text, so after typing a seed
+    (moving to another identity and back) Ctrl+Z would not undo the stroke; and a number box
+    would swallow N, P, B... which it can never accept anyway."""
+
+    def __init__(self, keys, parent: QObject):
+        super().__init__(parent)
+        self._keys = {QKeySequence(k) for k in keys}
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.ShortcutOverride and QKeySequence(event.keyCombination()) in self._keys:
+            return True  # not accepted by the text field, so the shortcut runs
+        return False
 
 
 class PaintViewBox(pg.ViewBox):
@@ -111,6 +154,8 @@ class AnnotateWorkspace(QWidget):
         self.resolution = DEFAULT_ANNOTATION_RESOLUTION
         self._editors: OrderedDict[ViewKey, MaskEditor] = OrderedDict()
         self._stored_counts: dict[int, dict[int, int]] = {}  # annotation id -> pixels per class
+        self._skip_reasons: dict[int, str | None] = {}  # annotation id -> why training skips it (None: used)
+        self._label = 1  # the brush's label id
         self._current_request: ViewRequest | None = None
         self.last_frame: Frame | None = None
         self._stale = False
@@ -215,14 +260,20 @@ class AnnotateWorkspace(QWidget):
     def apply_prefill(self, labels: np.ndarray) -> None:
         """Put predicted labels into the current mask as one undoable, autosaved step."""
         known = self.project.label_set.id_lookup()
-        mask = np.where(known[labels], labels, 0).astype(np.uint8)  # ids this project does not define
-        self._committed(self.editor.replace(mask))
-        self.status_message.emit("Prefilled from the semantic branch; Ctrl+Z undoes it")
+        mask = np.where(known[labels], labels, UNLABELLED_ID).astype(np.uint8)  # ids this project lacks
+        change = self.editor.replace(mask)
+        self._committed(change)
+        if change is None:
+            self.status_message.emit("Prefill changed nothing: this mask already holds the branch's labels")
+        else:
+            self.status_message.emit(f"Prefilled from the semantic branch ({change.pixel_count:,} pixels changed); "
+                                     "Ctrl+Z undoes it")
 
     def refresh_label_set(self) -> None:
-        """After the label set was edited: new names and colours, same masks."""
+        """After the label set was edited: new names and colours (and ignore flags), same masks."""
         if self.project is not None:
             self._apply_label_set()
+            self._refresh_counts()
 
     # ================================================================== identity and view
     def set_identity(self, seed: int) -> None:
@@ -276,18 +327,52 @@ class AnnotateWorkspace(QWidget):
             self._editors.move_to_end(key)
             return self._editors[key]
         stored = self.autosaver.load_mask(key)
-        editor = MaskEditor(stored if stored is not None else np.zeros(key.resolution, np.uint8))
+        # A new view starts unlabelled: training learns only from what was painted (or prefilled).
+        editor = MaskEditor(stored if stored is not None else np.full(key.resolution, UNLABELLED_ID, np.uint8),
+                            history_bytes_limit=HISTORY_BUDGET_BYTES // 2)
         self._editors[key] = editor
-        if len(self._editors) > EDITOR_CACHE:
-            self._editors.popitem(last=False)
+        self._trim_history()
         return editor
+
+    def _trim_history(self) -> None:
+        """Forget the least recently visited views' editors until the history fits its budget."""
+        total = sum(editor.nbytes for editor in self._editors.values())
+        while total > HISTORY_BUDGET_BYTES and len(self._editors) > 1:
+            _, forgotten = self._editors.popitem(last=False)
+            total -= forgotten.nbytes
+
+    def history_nbytes(self) -> int:
+        """Bytes of masks and undo history held for the views visited (bounded by the budget)."""
+        return sum(editor.nbytes for editor in self._editors.values())
 
     def _show_frame(self, frame: Frame) -> None:
         if self._current_request is None or frame.request.scene != self._current_request.scene:
             return  # a frame of a view we already left
         self.last_frame = frame
         self._image_item.setImage(frame.rgb, autoLevels=False, levels=(0, 255))
+        # Whatever size the frame is, it covers the mask's square: strokes land on mask pixels.
         self._image_item.setRect(QRectF(0, 0, self.resolution, self.resolution))
+        sharp = sharp_view_resolution(self.backbone)
+        refined = not frame.coarse and frame.request.neural_resolution is None
+        if refined and sharp is not None:
+            self.renderer.request(self._current_request.at_resolution(sharp))  # on the render thread
+        self._describe_shown(frame, pending_sharp=sharp if refined else None)
+
+    def _describe_shown(self, frame: Frame, pending_sharp: int | None = None) -> None:
+        """Say which resolution the canvas shows, against the mask's."""
+        generator = self.backbone.generator
+        shown = frame.rgb.shape[0]
+        neural = frame.request.neural_resolution or generator.neural_rendering_resolution
+        if frame.coarse:
+            how = f"preview {shown}²"
+        elif generator.superresolution is not None:
+            how = f"{shown}² (the backbone's super-resolution of its {neural}² neural render)"
+        elif neural > generator.neural_rendering_resolution:
+            how = f"{shown}² (rendered at neural resolution {neural}²; the backbone's own is {generator.neural_rendering_resolution}²)"
+        else:
+            how = f"{shown}² (the backbone's neural resolution)"
+        waiting = f" · sharper {pending_sharp}² view on its way" if pending_sharp else ""
+        self._shown_resolution.setText(f"View: {how}{waiting} · mask: {self.resolution}² (what is painted and saved)")
 
     # ================================================================== tools
     def set_tool(self, tool: str) -> None:
@@ -303,24 +388,45 @@ class AnnotateWorkspace(QWidget):
             self._brush_spin.setValue(self.brush_size)
 
     def set_label(self, label_id: int) -> None:
-        self._palette.select_label(label_id)
+        """The brush's label (the unlabelled row stands for the eraser)."""
+        if label_id == UNLABELLED_ID:
+            self.set_tool("erase")
+            return
+        if self.project is not None and label_id not in self.project.label_set:
+            return
+        self._label = int(label_id)
+        self._labels_table.show_selected(self._label)
+        if self.project is not None:
+            name = self.project.label_set.by_id(self._label).name
+            self._brush_label.setText(f"Brush: <b>{name}</b>")
 
     @property
     def label(self) -> int:
-        current = self._palette.current_label()
-        return 1 if current is None else current
+        return self._label
 
     def select_label_by_position(self, position: int) -> None:
-        ids = self._palette.label_ids
+        """A label key: 0-9 the first ten labels, Alt+0-9 the next ten (label_key)."""
+        ids = self.project.label_set.ids if self.project is not None else []
         if 0 <= position < len(ids):
             self.set_label(ids[position])
             if self.tool in ("erase", "pick"):
                 self.set_tool("paint")
 
+    def pick_label(self, label_id: int) -> None:
+        """From the label picker or a click on the table: select it, paint with it."""
+        self.set_label(label_id)
+        if label_id != UNLABELLED_ID and self.tool in ("erase", "pick"):
+            self.set_tool("paint")
+        self.canvas.setFocus()  # back to painting: the keys are shortcuts again
+
+    def focus_label_picker(self) -> None:
+        self._label_picker.setFocus()
+        self._label_picker.selectAll()
+
     def begin_stroke(self, x: float, y: float) -> None:
         if self.editor is None or self.tool not in ("paint", "erase"):
             return
-        label = 0 if self.tool == "erase" else self.label
+        label = UNLABELLED_ID if self.tool == "erase" else self.label  # erase = back to unlabelled
         self.editor.begin_stroke(label, self.brush_size / 2)
         self.editor.stroke_to(x, y)
         self._refresh_overlay()
@@ -372,6 +478,7 @@ class AnnotateWorkspace(QWidget):
         self._refresh_overlay()
         if change is not None:
             self.autosaver.submit(self.key, self.editor.mask)
+            self._trim_history()
         self._refresh_counts()
         self._undo_button.setEnabled(self.editor.can_undo)
         self._redo_button.setEnabled(self.editor.can_redo)
@@ -383,6 +490,8 @@ class AnnotateWorkspace(QWidget):
             kind, subject, detail = self._save_events.popleft()
             if kind == "saved":
                 self._stored_counts[subject] = detail
+                # The rule training applies, on the counts just written (no re-reading the file).
+                self._skip_reasons[subject] = trainable_reason(self.project.label_set, detail)
                 changed = True
             else:
                 self.error.emit(f"Could not save the annotation: {detail}")
@@ -409,32 +518,40 @@ class AnnotateWorkspace(QWidget):
             return
         annotated = self.autosaver.annotation_ids()
         this_identity = sum(1 for key in annotated if key.identity == self.key.identity)
-        self._counts_label.setText(
-            f"Seed {self.seed}: {this_identity} annotated view(s) · project: {len(annotated)} annotation(s)"
-            + (" · this view is annotated" if self.key in annotated else ""))
+        inventory = self.training_inventory()
+        this_view = annotated.get(self.key)
+        view_note = ""
+        if this_view is not None:
+            reason = self._skip_reasons.get(this_view)
+            view_note = " · this view is annotated" + (f" but skipped by training: {reason}" if reason else "")
+        self._counts_label.setText(f"Seed {self.seed}: {this_identity} annotated view(s){view_note}\n"
+                                   f"Project: {inventory.describe(limit=2)}")
         view_counts = self.editor.pixel_counts()
         totals: dict[int, int] = {}
         for counts in self._stored_counts.values():
             for label_id, pixels in counts.items():
                 totals[label_id] = totals.get(label_id, 0) + pixels
-        for row, label in enumerate(self.project.label_set.labels):
-            self._counts_table.item(row, 1).setText(str(view_counts.get(label.id, 0)))
-            self._counts_table.item(row, 2).setText(str(totals.get(label.id, 0)))
+        self._labels_table.set_counts(view_counts, totals)
+        self._legend.set_labels(self.project.label_set.labels, present=set(view_counts))
+
+    def training_inventory(self) -> TrainingInventory:
+        """What Train will use and skip, by the rule training applies (core.semantic.annotations)."""
+        usable = tuple(i for i, reason in sorted(self._skip_reasons.items()) if reason is None)
+        skipped = tuple(SkippedAnnotation(i, reason) for i, reason in sorted(self._skip_reasons.items())
+                        if reason is not None)
+        return TrainingInventory(usable, skipped)
 
     def _apply_label_set(self) -> None:
         label_set = self.project.label_set
-        current = self._palette.current_label()
-        self._palette.set_label_set(label_set)
-        self._palette.select_label(current if current in label_set else (label_set.ids[1] if len(label_set) > 1 else 0))
-        self._lut = label_lut(label_set)
-        self._counts_table.setRowCount(len(label_set))
-        for row, label in enumerate(label_set.labels):
-            name = QTableWidgetItem(colour_icon(label.colour), label.name)
-            self._counts_table.setItem(row, 0, name)
-            for column in (1, 2):
-                item = QTableWidgetItem("0")
-                item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
-                self._counts_table.setItem(row, column, item)
+        self._labels_table.set_label_set(label_set)
+        self._label_picker.set_label_set(label_set)
+        current = self._label
+        self.set_label(current if current in label_set else (label_set.ids[1] if len(label_set) > 1 else 0))
+        self._lut = label_lut(label_set, show_background=True)
+        # Whole-project check (a label's ignore flag may have changed): the rule training applies.
+        inventory = training_inventory(self.project)
+        self._skip_reasons = {i: None for i in inventory.usable}
+        self._skip_reasons.update({skipped.annotation_id: skipped.reason for skipped in inventory.skipped})
         self._refresh_overlay()
 
     def _sync_controls(self) -> None:
@@ -451,7 +568,15 @@ class AnnotateWorkspace(QWidget):
                                           "Annotations are saved into the project after every stroke."))
         page = QWidget()
         row = QHBoxLayout(page)
-        row.addWidget(self._build_canvas(), stretch=1)
+        canvas_column = QVBoxLayout()
+        canvas_column.addWidget(self._build_canvas(), stretch=1)
+        self._legend = LabelLegend()  # what the overlay's colours mean (labels in this view)
+        self._legend.setToolTip("Labels painted in this view; unlabelled pixels show no colour")
+        canvas_column.addWidget(self._legend)
+        self._shown_resolution = QLabel()
+        self._shown_resolution.setStyleSheet("color: #888;")
+        canvas_column.addWidget(self._shown_resolution)
+        row.addLayout(canvas_column, stretch=1)
         row.addWidget(self._build_side_panel())
         self._pages.addWidget(page)
 
@@ -482,7 +607,6 @@ class AnnotateWorkspace(QWidget):
         column.addWidget(self._build_tools_box())
         column.addWidget(self._build_labels_box(), stretch=1)
         column.addWidget(self._build_view_box())
-        column.addWidget(self._build_counts_box(), stretch=1)
         return panel
 
     def _build_tools_box(self) -> QGroupBox:
@@ -520,10 +644,22 @@ class AnnotateWorkspace(QWidget):
         return box
 
     def _build_labels_box(self) -> QGroupBox:
-        box = QGroupBox("Labels (0–9 select)")
+        """Every label with its key and pixel counts, a picker by name or id, and the totals."""
+        box = QGroupBox("Labels (0–9, Alt+0–9, L: find)")
         layout = QVBoxLayout(box)
-        self._palette = LabelPalette()
-        layout.addWidget(self._palette)
+        self._label_picker = LabelPicker()
+        self._label_picker.picked.connect(self.pick_label)
+        self._brush_label = QLabel()
+        self._brush_label.setToolTip("The label the brush and fill paint with")
+        picker_row = QHBoxLayout()
+        picker_row.addWidget(self._label_picker, stretch=1)
+        picker_row.addWidget(self._brush_label)
+        layout.addLayout(picker_row)
+        self._labels_table = LabelTable()
+        self._labels_table.label_clicked.connect(self.pick_label)
+        layout.addWidget(self._labels_table, stretch=1)
+        self._counts_label = QLabel(wordWrap=True)
+        layout.addWidget(self._counts_label)
         return box
 
     def _build_view_box(self) -> QGroupBox:
@@ -533,52 +669,43 @@ class AnnotateWorkspace(QWidget):
         self._seed_spin = QSpinBox(minimum=0, maximum=2**31 - 1, value=self.seed)
         self._seed_spin.setToolTip("EG3D seed of the identity (annotation seeds start at 1,000,000)")
         self._seed_spin.valueChanged.connect(self.set_identity)
-        seeds.addWidget(QPushButton("◀ Prev", clicked=self.previous_identity, toolTip="Previous identity (P, PageUp)"))
+        previous = QPushButton("◀", clicked=self.previous_identity, toolTip="Previous identity (P, PageUp)")
+        following = QPushButton("▶", clicked=self.next_identity, toolTip="Next identity (N, PageDown)")
+        for button in (previous, following):
+            button.setFixedWidth(40)  # narrow, so the row's "Seed" label keeps its room
+        seeds.addWidget(previous)
         seeds.addWidget(self._seed_spin, stretch=1)
-        seeds.addWidget(QPushButton("Next ▶", clicked=self.next_identity, toolTip="Next identity (N, PageDown)"))
+        seeds.addWidget(following)
         layout.addRow("Seed", seeds)
-        layout.addRow(QPushButton("Fit mask in view", clicked=self.fit_view, toolTip="Middle-drag pans, wheel zooms"))
         presets = QHBoxLayout()
         for name, (yaw, pitch) in VIEW_PRESETS.items():
             button = QPushButton(name, toolTip=f"yaw {yaw:+.0f}°, pitch {pitch:+.0f}°")
             button.clicked.connect(lambda _=False, y=yaw, p=pitch: self.set_view(y, p))
             presets.addWidget(button)
-        layout.addRow("Preset", presets)
+        presets.addWidget(QPushButton("Fit", clicked=self.fit_view,
+                                      toolTip="Show the whole mask (middle-drag pans, wheel zooms)"))
+        layout.addRow(presets)  # the buttons say what they are; a row label would squeeze them
         self._yaw_spin = QDoubleSpinBox(minimum=-90, maximum=90, decimals=1, singleStep=5, suffix="°")
         self._pitch_spin = QDoubleSpinBox(minimum=-60, maximum=60, decimals=1, singleStep=5, suffix="°")
         self._yaw_spin.valueChanged.connect(lambda yaw: self.set_view(yaw, self.pitch))
         self._pitch_spin.valueChanged.connect(lambda pitch: self.set_view(self.yaw, pitch))
-        layout.addRow("Yaw", self._yaw_spin)
-        layout.addRow("Pitch", self._pitch_spin)
-        return box
-
-    def _build_counts_box(self) -> QGroupBox:
-        box = QGroupBox("Counts")
-        layout = QVBoxLayout(box)
-        self._counts_label = QLabel(wordWrap=True)
-        layout.addWidget(self._counts_label)
-        self._counts_table = QTableWidget(0, 3)
-        self._counts_table.setHorizontalHeaderLabels(["Label", "This view", "All views"])
-        self._counts_table.verticalHeader().setVisible(False)
-        header = self._counts_table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.Stretch)
-        header.setSectionResizeMode(1, QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(2, QHeaderView.ResizeToContents)
-        self._counts_table.verticalHeader().setDefaultSectionSize(20)
-        self._counts_table.setEditTriggers(QTableWidget.NoEditTriggers)
-        self._counts_table.setFocusPolicy(Qt.NoFocus)
-        layout.addWidget(self._counts_table)
+        angles = QHBoxLayout()
+        angles.addWidget(self._yaw_spin)
+        angles.addWidget(QLabel("Pitch"))
+        angles.addWidget(self._pitch_spin)
+        layout.addRow("Yaw", angles)  # one row for both: the label list keeps the height
         return box
 
     # ================================================================== shortcuts
     def _make_shortcuts(self) -> None:
         """Active while this workspace is the visible tab (Qt ignores hidden widgets' shortcuts)."""
         bindings = [(TOOL_KEYS[tool], lambda t=tool: self.set_tool(t)) for tool in TOOLS]
-        bindings += [(str(digit), lambda d=digit: self.select_label_by_position(d)) for digit in range(10)]
+        bindings += [(label_key(position), lambda p=position: self.select_label_by_position(p)) for position in range(20)]
+        bindings += [("L", self.focus_label_picker)]
         bindings += [
             ("[", lambda: self.set_brush_size(self.brush_size - 1)),
             ("]", lambda: self.set_brush_size(self.brush_size + 1)),
-            ("Ctrl+Z", self.undo), ("Ctrl+Shift+Z", self.redo), ("Ctrl+Y", self.redo),
+            (HISTORY_KEYS[0], self.undo), (HISTORY_KEYS[1], self.redo), (HISTORY_KEYS[2], self.redo),
             ("N", self.next_identity), ("PgDown", self.next_identity),
             ("P", self.previous_identity), ("PgUp", self.previous_identity),
             ("Ctrl+P", self.prefill_from_branch),
@@ -588,3 +715,11 @@ class AnnotateWorkspace(QWidget):
             shortcut = QShortcut(QKeySequence(keys), self)
             shortcut.activated.connect(action)
             self.shortcuts[keys] = shortcut
+        self._label_picker.installEventFilter(_ShortcutPassThrough(HISTORY_KEYS, self))
+        not_numbers = [keys for keys in self.shortcuts if not keys.isdigit() and not keys.startswith("Alt+")]
+        number_keys = _ShortcutPassThrough(not_numbers, self)
+        for spin in (self._seed_spin, self._yaw_spin, self._pitch_spin, self._brush_spin):
+            spin.installEventFilter(number_keys)
+        for spin in (self._seed_spin, self._yaw_spin, self._pitch_spin):
+            # Enter in a seed or angle box hands the keyboard back to painting (N, P, 0-9, B, ...).
+            spin.lineEdit().returnPressed.connect(self.canvas.setFocus)

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QColorDialog, QDialog, QDialogButtonBox, QFileDia
 
 from app.widgets import colour_icon
 from core.project import Label, LabelSet, LabelSetError, default_label_set
+from core.project.labels import MAX_LABEL_ID
 
 BACKBONE_FILTER = "Backbones (*.pkl *.safetensors);;EG3D network pickles (*.pkl);;Studio checkpoints (*.safetensors)"
 
@@ -28,8 +29,10 @@ class LabelSetTable(QWidget):
     def __init__(self, label_set: LabelSet, parent: QWidget | None = None):
         super().__init__(parent)
         self._version = label_set.version
-        self._table = QTableWidget(0, 3)
-        self._table.setHorizontalHeaderLabels(["Id", "Name", "Colour"])
+        self._table = QTableWidget(0, 4)
+        self._table.setHorizontalHeaderLabels(["Id", "Name", "Colour", "Ignore"])
+        self._table.horizontalHeaderItem(3).setToolTip(
+            "Painted and shown, but training and evaluation leave its pixels out, as unlabelled ones")
         self._table.verticalHeader().setVisible(False)
         self._table.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
         self._table.cellDoubleClicked.connect(self._maybe_pick_colour)
@@ -41,7 +44,8 @@ class LabelSetTable(QWidget):
         buttons.addWidget(add)
         buttons.addWidget(remove)
         buttons.addStretch(1)
-        hint = QLabel("Double-click a colour to change it. Id 0 is the background.")
+        hint = QLabel("Double-click a colour to change it. Id 0 is the background; pixels nobody painted are "
+                      "unlabelled (mask value 255) and never trained on.", wordWrap=True)
         hint.setStyleSheet("color: #888;")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -56,7 +60,8 @@ class LabelSetTable(QWidget):
             label_id = int(self._table.item(row, 0).text())
             name = self._table.item(row, 1).text().strip()
             colour = self._table.item(row, 2).data(Qt.UserRole)
-            labels.append(Label(label_id, name, colour))
+            ignore = self._table.item(row, 3).checkState() == Qt.Checked
+            labels.append(Label(label_id, name, colour, ignore))
         return LabelSet(tuple(labels), self._version)
 
     def _append(self, label: Label) -> None:
@@ -67,6 +72,10 @@ class LabelSetTable(QWidget):
         self._table.setItem(row, 0, id_item)
         self._table.setItem(row, 1, QTableWidgetItem(label.name))
         self._table.setItem(row, 2, self._colour_item(label.colour))
+        ignore = QTableWidgetItem()
+        ignore.setFlags((ignore.flags() | Qt.ItemIsUserCheckable) & ~Qt.ItemIsEditable)
+        ignore.setCheckState(Qt.Checked if label.ignore else Qt.Unchecked)
+        self._table.setItem(row, 3, ignore)
 
     def _colour_item(self, colour) -> QTableWidgetItem:
         item = QTableWidgetItem(colour_icon(colour), "#%02x%02x%02x" % tuple(colour))
@@ -84,7 +93,7 @@ class LabelSetTable(QWidget):
 
     def _add_label(self) -> None:
         used = {int(self._table.item(row, 0).text()) for row in range(self._table.rowCount())}
-        new_id = next(i for i in range(256) if i not in used)
+        new_id = next(i for i in range(MAX_LABEL_ID + 1) if i not in used)
         self._append(Label(new_id, f"label {new_id}", (128, 128, 128)))
 
     def _remove_selected(self) -> None:

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (QButtonGroup, QFormLayout, QGridLayout, QGroupBox
 from app.pointcloud import PointCloudPanel
 from app.rendering import Frame, ViewRequest
 from app.semantic import BranchState, blend_labels, colour_labels, load_project_branch
-from app.widgets import image_view_widget, placeholder
+from app.widgets import LabelLegend, image_view_widget, placeholder
 from app.workers import RenderClient
 from core.camera import DEFAULT_FOV_DEG
 
@@ -191,6 +191,12 @@ class OrbitWorkspace(QWidget):
         quality = "coarse" if frame.coarse else "refined"
         size = frame.rgb.shape[0]
         self._frame_label.setText(f"{quality} · {size}×{size} · {frame.seconds * 1000:.0f} ms")
+        labelled = self.mode in LABEL_MODES and frame.labels is not None
+        if labelled:
+            present = set(np.unique(frame.labels).tolist())
+            self.legend.set_labels([(i, name, self._palette[i]) for i, name in self._label_names.items()
+                                    if i < len(self._palette)], present)
+        self.legend.setVisible(labelled)
 
     def _picture(self, frame: Frame) -> np.ndarray:
         """What the current mode shows of a frame (RGB until a frame with labels arrives)."""
@@ -289,4 +295,7 @@ class OrbitWorkspace(QWidget):
             layout.addWidget(button, position // 2, position % 2)
             self._mode_buttons[mode] = button
         self._mode_buttons["RGB"].setChecked(True)
+        self.legend = LabelLegend()  # Labels / Blend: what the colours mean (labels in the frame)
+        self.legend.setVisible(False)
+        layout.addWidget(self.legend, (len(MODES) + 1) // 2, 0, 1, 2)
         return box

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 import pyqtgraph as pg
-from PySide6.QtCore import QTimer, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (QCheckBox, QFormLayout, QHBoxLayout, QLabel, QMessageBox,
                                QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
@@ -19,7 +19,7 @@ from app.semantic import semantic_folder
 from app.workers import JobDialog, StoppableJob
 from core.backbone import Backbone
 from core.semantic import SemanticBranch, TrainingProgress, TrainingSettings, train_semantic
-from core.semantic.annotations import annotated_views
+from core.semantic.annotations import TrainingInventory, annotated_views, training_inventory
 from core.semantic.checkpoint import clear_checkpoints, list_checkpoints, read_branch_metadata
 
 DEFAULT_STEPS = 2000
@@ -134,6 +134,18 @@ class TrainDialog(JobDialog):
             "removes them; tick “Continue from the newest checkpoint” to keep training them instead.")
         return answer == QMessageBox.Yes
 
+    def refresh_inventory(self) -> TrainingInventory:
+        """Say what training will use and what it skips, and why (Annotate counts the same way)."""
+        inventory = training_inventory(self.project)
+        self._inventory_label.setText(f"{inventory.describe(limit=5)}.\nCheckpoints go to "
+                                      f"{semantic_folder(self.project)}")
+        return inventory
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self.is_running():
+            self.refresh_inventory()  # painting went on since the dialog was made
+
     # ------------------------------------------------------------------ progress
     def _show_progress(self, progress: TrainingProgress) -> None:
         if progress.phase == "preparing":
@@ -169,8 +181,13 @@ class TrainDialog(JobDialog):
         self._refresh_plot()
         how = "Stopped" if result.stopped else "Finished"
         saved = f"; saved {result.checkpoint.name}" if result.checkpoint else ""
-        skipped = f" · {len(self.job.problems)} annotation(s) skipped" if self.job.problems else ""
+        problems = self.job.problems
+        skipped = ""
+        if problems:
+            listed = "; ".join(str(problem) for problem in problems[:3])
+            skipped = f"\n{len(problems)} annotation(s) skipped: {listed}" + ("; …" if len(problems) > 3 else "")
         self._status.setText(f"{how} at step {result.step}{saved}{skipped}")
+        self._status.setToolTip("\n".join(str(problem) for problem in problems))
         self.trained.emit()
 
     def _after_job(self) -> None:
@@ -190,9 +207,10 @@ class TrainDialog(JobDialog):
     def _build(self) -> None:
         layout = QVBoxLayout(self)
         form = QFormLayout()
-        views = len(self.project.annotation_ids())
-        form.addRow(QLabel(f"{views} annotated view(s) in {self.project.folder.name}; checkpoints go to "
-                           f"{semantic_folder(self.project)}", wordWrap=True))
+        self._inventory_label = QLabel(wordWrap=True)
+        self._inventory_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        form.addRow(self._inventory_label)
+        self.refresh_inventory()
         self._steps = QSpinBox(minimum=1, maximum=1_000_000, value=DEFAULT_STEPS, singleStep=100)
         self._steps.setToolTip("Optimiser steps in total (a resumed run continues up to this number)")
         form.addRow("Steps", self._steps)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.annotation import MaskEditor
-from core.project import Project, StaleLockWarning
+from core.project import UNLABELLED_ID, Project, StaleLockWarning
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -59,7 +59,7 @@ def test_killed_studio_loses_at_most_the_stroke_in_progress(tmp_path):
         child.stderr.close()
     assert child.returncode == -signal.SIGKILL
 
-    expected = MaskEditor(np.zeros((32, 32), np.uint8))
+    expected = MaskEditor(np.full((32, 32), UNLABELLED_ID, np.uint8))  # a new view starts unlabelled
     for points, label in STROKES:
         expected.stroke(points, label, BRUSH / 2)
     project = Project.open(folder)  # the dead writer's lock does not stop a reader

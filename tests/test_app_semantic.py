@@ -74,8 +74,14 @@ def test_labels_and_blend_modes_show_the_branch(orbit, qtbot, backbone, project)
                     and not orbit.last_frame.coarse, timeout=20000)
     shown = orbit._image_item.image
     assert np.array_equal(shown, colour_labels(orbit.last_frame.labels, project.label_set.palette()))
+    present = set(np.unique(orbit.last_frame.labels).tolist())
+    names = [label.name for label in project.label_set.labels if label.id in present]
+    assert orbit.legend.isVisible() and orbit.legend.entries == names  # what the colours mean
     orbit.set_mode("Blend")
     assert orbit._image_item.image.shape == orbit.last_frame.rgb.shape
+    assert orbit.legend.isVisible() and orbit.legend.entries == names
+    orbit.set_mode("RGB")
+    assert not orbit.legend.isVisible()
     orbit.set_semantic_branch(load_project_branch(None, backbone))  # project closed: back to RGB
     assert orbit.mode == "RGB" and not orbit._mode_buttons["Blend"].isEnabled()
 
@@ -130,3 +136,16 @@ def test_skipping_empty_space_shows_the_same_frame(project, backbone):
     assert np.abs(plain.rgb.astype(int) - culled.rgb.astype(int)).max() <= 1
     assert np.abs(plain.depth.astype(int) - culled.depth.astype(int)).max() <= 1
     assert np.mean(plain.labels == culled.labels) > 0.99
+
+
+def test_a_prefill_that_changes_nothing_says_so(annotate, qtbot, backbone, project):
+    save_tiny_branch(project, backbone)
+    state = load_project_branch(project, backbone)
+    annotate.set_semantic_branch(state)
+    messages = []
+    annotate.status_message.connect(messages.append)
+    expected = predict_mask(backbone, state.branch, annotate.seed, 1.0, backbone.camera(), MASK_SIZE)
+    annotate.apply_prefill(expected)
+    assert "pixels changed" in messages[-1] and annotate.editor.undo_depth == 1
+    annotate.apply_prefill(expected)  # the same labels again: no new undo step, and the user is told
+    assert "changed nothing" in messages[-1] and annotate.editor.undo_depth == 1

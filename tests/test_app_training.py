@@ -42,6 +42,26 @@ def test_training_runs_the_core_trainer_plots_the_loss_and_saves_into_the_projec
     assert dialog._start_button.isEnabled() and dialog._resume.isEnabled()
 
 
+def test_the_dialog_says_which_annotations_it_skips_and_why(dialog, qtbot, project, backbone):
+    import numpy as np
+
+    from core.project import UNLABELLED_ID, IdentityRef
+    from core.semantic.annotations import NOTHING_PAINTED
+
+    paint_annotations(project, backbone, seeds=(1,), yaws=(0.0,))
+    project.add_annotation(IdentityRef(seed=2), backbone.camera(0.0, 0.0), np.full((32, 32), UNLABELLED_ID, np.uint8))
+    dialog.hide()
+    dialog.show()  # opened again after painting: the counts are fresh
+    text = dialog._inventory_label.text()
+    assert f"2 annotated view(s): 1 used for training, 1 skipped (0001: {NOTHING_PAINTED})" in text
+    dialog._steps.setValue(1)
+    with qtbot.waitSignal(dialog.trained, timeout=60000):
+        dialog._start_button.click()
+    assert "1 annotation(s) skipped" in dialog._status.text() and "0001.png" in dialog._status.text()
+    assert NOTHING_PAINTED in dialog._status.text()
+    qtbot.waitUntil(lambda: not dialog.is_running(), timeout=10000)
+
+
 def test_stop_ends_the_run_early_and_keeps_what_was_trained(dialog, qtbot, project, backbone):
     paint_annotations(project, backbone, seeds=(1,))
     dialog._steps.setValue(100_000)

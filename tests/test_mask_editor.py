@@ -128,3 +128,42 @@ def test_autosaver_reports_write_errors(tmp_path):
     saver.submit(key, np.zeros((8, 8), np.uint8))
     saver.close()
     assert errors and "read-only" in str(errors[0])
+
+
+def test_history_bytes_limit_drops_the_oldest_steps_and_counts_what_it_keeps():
+    editor = MaskEditor(np.zeros((64, 64), np.uint8), history_bytes_limit=3_000)
+    for row in range(10):
+        editor.stroke([(0.5, row * 6 + 3.5), (63.5, row * 6 + 3.5)], label=1, radius=2)  # ~256 px, ~1.5 kB
+    kept = editor.undo_depth
+    assert 1 <= kept < 10
+    assert editor.nbytes - editor.mask.nbytes <= 3_000
+    editor.undo()
+    assert editor.nbytes == editor.mask.nbytes + sum(step.nbytes for step in editor._undo + editor._redo)
+    editor.stroke([(1.5, 1.5)], label=2, radius=1)  # forks history: the redo step is freed
+    assert editor.nbytes == editor.mask.nbytes + sum(step.nbytes for step in editor._undo)
+    while editor.undo():
+        pass
+    assert (editor.mask[(kept - 1) * 6:] == 0).all() or editor.undo_depth == 0
+
+
+def test_a_view_revisited_while_its_first_write_runs_gets_its_mask_back(tmp_path, monkeypatch):
+    import threading
+
+    key = ViewKey(IdentityRef(seed=1), Camera(), (8, 8))
+    with Project.create(tmp_path / "p", BackboneRef("default", "ab" * 32)) as project:
+        writing, release = threading.Event(), threading.Event()
+        add = project.add_annotation
+
+        def slow_add(*args):
+            writing.set()
+            release.wait(10)
+            return add(*args)
+
+        monkeypatch.setattr(project, "add_annotation", slow_add)
+        saver = AnnotationAutosaver(project)
+        mask = np.full((8, 8), 3, np.uint8)
+        saver.submit(key, mask)
+        assert writing.wait(10)  # popped from the queue, not yet on disk, no id yet
+        assert np.array_equal(saver.load_mask(key), mask)  # not None: that would show an empty view
+        release.set()
+        assert saver.close()

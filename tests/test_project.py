@@ -129,7 +129,8 @@ def test_label_set_edits_bump_the_version(project):
     ([(0, "background", (0, 0, 0)), (1, "a", (1, 2, 3)), (1, "b", (1, 2, 3))], "unique"),
     ([(0, "background", (0, 0, 0)), (1, " ", (1, 2, 3))], "name"),
     ([(0, "background", (0, 0, 0)), (1, "a", (1, 2, 300))], "0-255"),
-    ([(0, "background", (0, 0, 0)), (256, "a", (1, 2, 3))], "0-255"),
+    ([(0, "background", (0, 0, 0)), (256, "a", (1, 2, 3))], "0-254"),
+    ([(0, "background", (0, 0, 0)), (255, "a", (1, 2, 3))], "reserved for unlabelled"),
 ])
 def test_label_set_validation(labels, message):
     with pytest.raises(LabelSetError, match=message):

@@ -42,6 +42,7 @@ class AnnotationAutosaver:
         self._ids = _index_existing(project)
         self._pending: dict[ViewKey, np.ndarray] = {}
         self._writing = False
+        self._in_flight: tuple[ViewKey, np.ndarray] | None = None  # the mask being written now
         self._closed = False
         self._condition = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="annotation-autosave", daemon=True)
@@ -57,9 +58,11 @@ class AnnotationAutosaver:
             return dict(self._ids)
 
     def load_mask(self, key: ViewKey) -> np.ndarray | None:
-        """The newest mask of a view: a pending one if queued, else the stored one, else None."""
+        """The newest mask of a view: a queued or in-flight one, else the stored one, else None."""
         with self._condition:
             pending = self._pending.get(key)
+            if pending is None and self._in_flight is not None and self._in_flight[0] == key:
+                pending = self._in_flight[1]  # a view revisited while its write (its first, maybe) runs
             annotation_id = self._ids.get(key)
         if pending is not None:
             return pending.copy()
@@ -103,11 +106,13 @@ class AnnotationAutosaver:
                 key = next(iter(self._pending))
                 mask = self._pending.pop(key)
                 self._writing = True
+                self._in_flight = (key, mask)
             try:
                 self._write(key, mask)
             finally:
                 with self._condition:
                     self._writing = False
+                    self._in_flight = None
                     self._condition.notify_all()
 
     def _write(self, key: ViewKey, mask: np.ndarray) -> None:

@@ -25,7 +25,7 @@ class MaskChange:
     """One undoable step: which pixels changed, and from what to what."""
 
     kind: str  # 'stroke', 'fill' or 'replace'
-    indices: np.ndarray  # (K,) int64 flat indices into the mask
+    indices: np.ndarray  # (K,) int32 (int64 for huge masks) flat indices into the mask
     before: np.ndarray  # (K,) uint8
     after: np.ndarray  # (K,) uint8
 
@@ -43,19 +43,24 @@ def diff_masks(kind: str, before: np.ndarray, after: np.ndarray) -> MaskChange |
     indices = np.flatnonzero(before != after)
     if indices.size == 0:
         return None
+    if before.size < 2**31:
+        indices = indices.astype(np.int32)  # half the memory of undo history; masks are far smaller
     return MaskChange(kind, indices, before.reshape(-1)[indices].copy(), after.reshape(-1)[indices].copy())
 
 
 class MaskEditor:
     """Owns one (H, W) uint8 mask of label ids and its undo/redo history."""
 
-    def __init__(self, mask: np.ndarray, history_limit: int = DEFAULT_HISTORY_LIMIT):
+    def __init__(self, mask: np.ndarray, history_limit: int = DEFAULT_HISTORY_LIMIT,
+                 history_bytes_limit: int | None = None):
         if mask.ndim != 2:
             raise ValueError(f"a label mask is (H, W), got shape {mask.shape}")
         self._mask = np.ascontiguousarray(mask, dtype=np.uint8).copy()
         self._history_limit = max(1, int(history_limit))
+        self._history_bytes_limit = history_bytes_limit  # None: only the step count bounds it
         self._undo: list[MaskChange] = []
         self._redo: list[MaskChange] = []
+        self._history_bytes = 0  # of the undo and redo steps together
         self._stroke_before: np.ndarray | None = None
         self._stroke_label = BACKGROUND
         self._stroke_radius = 0.5
@@ -86,6 +91,11 @@ class MaskEditor:
     @property
     def undo_depth(self) -> int:
         return len(self._undo)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory this editor holds: its mask and every undo and redo step."""
+        return self._mask.nbytes + self._history_bytes
 
     def pixel_counts(self) -> dict[int, int]:
         return pixel_counts(self._mask)
@@ -176,10 +186,14 @@ class MaskEditor:
     def _commit(self, change: MaskChange | None) -> MaskChange | None:
         if change is None:
             return None
-        self._undo.append(change)
-        if len(self._undo) > self._history_limit:
-            del self._undo[0]
+        self._history_bytes -= sum(step.nbytes for step in self._redo)
         self._redo.clear()  # a new step after undo forks history; the undone branch is gone
+        self._undo.append(change)
+        self._history_bytes += change.nbytes
+        limit = self._history_bytes_limit
+        while len(self._undo) > self._history_limit or (limit is not None and self._history_bytes > limit
+                                                         and len(self._undo) > 1):
+            self._history_bytes -= self._undo.pop(0).nbytes  # the oldest steps go first
         return change
 
     def _pixel_at(self, x: float, y: float) -> tuple[int | None, int | None]:

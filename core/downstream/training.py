@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from core.downstream.segnet import SegNet, SegNetConfig
 from core.metrics import confusion_matrix, label_figures
+from core.project.labels import UNLABELLED_ID
 
-IGNORE_LABEL = 255
+IGNORE_LABEL = UNLABELLED_ID  # the project's unlabelled value: one reserved value everywhere
 
 
 @dataclass

@@ -18,7 +18,7 @@ from .errors import (AnnotationError, AnnotationNotFoundError, BackboneMismatchE
                      LabelSetError, MaskSizeError, ProjectError, ProjectExistsError,
                      ProjectFormatError, ProjectLockedError, ProjectNotFoundError,
                      ProjectReadOnlyError, UnknownLabelError, UnsupportedVersionError)
-from .labels import Label, LabelSet, default_label_set
+from .labels import UNLABELLED_ID, Label, LabelSet, default_label_set
 from .lock import StaleLockWarning
 from .records import Annotation, AnnotationMeta, BackboneRef, IdentityRef
 from .store import (PROJECT_FORMAT_VERSION, AnnotationCounts, AnnotationProblemWarning,
@@ -29,7 +29,7 @@ __all__ = [
     "ForeignAnnotationError", "LabelInUseError", "LabelSetError", "MaskSizeError", "ProjectError",
     "ProjectExistsError", "ProjectFormatError", "ProjectLockedError", "ProjectNotFoundError",
     "ProjectReadOnlyError", "UnknownLabelError", "UnsupportedVersionError",
-    "Label", "LabelSet", "default_label_set", "StaleLockWarning",
+    "UNLABELLED_ID", "Label", "LabelSet", "default_label_set", "StaleLockWarning",
     "Annotation", "AnnotationMeta", "BackboneRef", "IdentityRef",
     "PROJECT_FORMAT_VERSION", "AnnotationCounts", "AnnotationProblemWarning", "Project",
 ]

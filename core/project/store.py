@@ -3,7 +3,8 @@ survives a crash.
 
     project.json           format version, backbone reference, label set (+ version), settings
     project.lock           present while a studio instance has the project open for writing
-    annotations/NNNN.png   indexed PNG: pixel values are label ids, palette = label colours
+    annotations/NNNN.png   indexed PNG: pixel values are label ids, palette = label colours;
+                           255 (labels.UNLABELLED_ID) = nobody painted this pixel
     annotations/NNNN.json  identity, camera, backbone hash, label-set version, timestamps, size
 
 Every write goes through core.fileio's temp-file-and-rename, so a file on disk is always either
@@ -31,7 +32,7 @@ from .errors import (AnnotationError, AnnotationNotFoundError, BackboneMismatchE
                      CorruptAnnotationError, ForeignAnnotationError, LabelInUseError, MaskSizeError,
                      ProjectExistsError, ProjectFormatError, ProjectNotFoundError,
                      ProjectReadOnlyError, UnknownLabelError, UnsupportedVersionError)
-from .labels import LabelSet, default_label_set
+from .labels import UNLABELLED_COLOUR, UNLABELLED_ID, LabelSet, default_label_set
 from .lock import ProjectLock
 from .records import (AnnotationMeta, Annotation, BackboneRef, IdentityRef, pixel_counts,
                       utc_now)
@@ -369,7 +370,10 @@ class Project:
         return indices
 
     def _write_png(self, png_path: Path, mask: np.ndarray) -> None:
-        palette = self.label_set.palette()
+        palette = np.zeros((UNLABELLED_ID + 1, 3), np.uint8)
+        label_palette = self.label_set.palette()
+        palette[: len(label_palette)] = label_palette
+        palette[UNLABELLED_ID] = UNLABELLED_COLOUR  # cosmetic: viewers show unpainted pixels grey
         write_indexed_png(png_path, mask, palette)
 
     def _checked_mask(self, mask, png_path: Path) -> np.ndarray:
@@ -406,7 +410,7 @@ class Project:
         users = Counter()
         for meta in self.annotations(problems=[]):
             for label_id, count in meta.pixel_counts.items():
-                if count and label_id not in label_set:
+                if count and label_id != UNLABELLED_ID and label_id not in label_set:
                     users[label_id] += 1
         if users:
             used = ", ".join(f"{i} ({n} annotations)" for i, n in sorted(users.items()))

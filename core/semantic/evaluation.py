@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from core.camera import Camera, project_to_pixels, ray_bundle, split_label
 from core.metrics import confusion_matrix, label_figures, mean_iou
+from core.project.labels import UNLABELLED_ID  # truth pixels nobody labelled are not scored
 
 # (yaw, pitch) in degrees: inside the annotated yaw range (−30°…+30°), none of its poses.
 LABEL_VIEWS = [(-40.0, 5.0), (-15.0, -10.0), (10.0, 10.0), (35.0, -5.0)]
@@ -264,7 +265,7 @@ def evaluate_labels(labellers: Labeller | dict, truth: Labeller, seeds: list[int
             prediction = labeller(seed, camera)
             tally = tallies[name]
             confusion = tally.video_confusion if video else tally.confusion
-            confusion += confusion_matrix(prediction.labels, truth_labels, num_classes)
+            confusion += confusion_matrix(prediction.labels, truth_labels, num_classes, ignore=UNLABELLED_ID)
             if kept is not None:
                 kept[name].append((camera, prediction))
         done += 1
@@ -385,7 +386,8 @@ class ValidationSet:
         num_classes = branch.num_classes
         confusion = np.zeros((num_classes, num_classes), np.int64)
         for camera, identity, view, truth in self._items:
-            confusion += confusion_matrix(labeller.labels(identity, view, camera), truth, num_classes)
+            confusion += confusion_matrix(labeller.labels(identity, view, camera), truth, num_classes,
+                                          ignore=UNLABELLED_ID)
         figures = label_figures(confusion, self.class_names)
         return {"validation_miou": figures["miou"], "validation_pixel_accuracy": figures["pixel_accuracy"],
                 "validation": self.describe()}

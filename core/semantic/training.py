@@ -41,8 +41,10 @@ from core.semantic.rendering import (
     view_prior,
 )
 
+from core.project.labels import UNLABELLED_ID
+
 # Mask value of pixels nobody painted: they take no part in the loss.
-IGNORE_LABEL = 255
+IGNORE_LABEL = UNLABELLED_ID
 
 
 @dataclass
