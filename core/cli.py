@@ -116,6 +116,7 @@ from core.factory.cli import add_factory_evaluation, export_parser, generate_par
 from core.semantic.cli import add_labels_evaluation, add_parser as train_semantic_parser  # noqa: E402
 from core.downstream.cli import add_downstream_evaluation  # noqa: E402
 from core.editing.cli import add_edit_evaluation, edit_parser, invert_parser  # noqa: E402
+from core.exchange.cli import export_views_parser, import_annotations_parser  # noqa: E402
 
 # `evaluate WHAT`: each function adds one WHAT (a quality figure against procedural ground truth).
 EVALUATIONS = [add_fit_evaluation, add_labels_evaluation, add_downstream_evaluation, add_factory_evaluation,
@@ -131,7 +132,7 @@ def _evaluate_parser(sub) -> None:
 
 
 COMMANDS = [_render_parser, fit_backbone_parser, _evaluate_parser, annotate_sim_parser, train_semantic_parser, generate_parser,
-            invert_parser, edit_parser, export_parser]
+            invert_parser, edit_parser, export_parser, export_views_parser, import_annotations_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
