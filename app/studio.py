@@ -1,4 +1,5 @@
-"""`python main.py` with no arguments: start the studio window."""
+"""The entry point (`python main.py`, the `datasetnerf-studio` script): a command runs headless,
+no command starts the studio window."""
 from __future__ import annotations
 
 import ctypes.util
@@ -16,6 +17,20 @@ def missing_xcb_packages(environ=os.environ, find_library=ctypes.util.find_libra
     if not sys.platform.startswith("linux") or not uses_xcb:
         return []
     return [package for library, package in XCB_LIBRARIES.items() if find_library(library) is None]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """With arguments, the headless command line (core.cli); without, the window."""
+    argv = sys.argv[1:] if argv is None else argv
+    # torch's OpenMP threads spin while they wait; beside other busy programs two spinning threads
+    # on two cores made an edit take 6-223 s instead of 4 (docs/editing.md). Waiting threads that
+    # sleep cost little on an idle machine. Set before torch is imported; the user's setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if argv:
+        from core.cli import main as command_line
+
+        return command_line(argv)
+    return run()
 
 
 def run(argv: list[str] | None = None) -> int:

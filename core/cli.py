@@ -112,10 +112,11 @@ def _render(args) -> None:
 # ---------------------------------------------------------------------------- entry
 from core.fitting.cli import add_fit_evaluation, fit_backbone_parser  # noqa: E402
 from core.project.simulate import add_parser as annotate_sim_parser  # noqa: E402
-from core.factory.cli import add_factory_evaluation, generate_parser  # noqa: E402
+from core.factory.cli import add_factory_evaluation, export_parser, generate_parser  # noqa: E402
 from core.semantic.cli import add_labels_evaluation, add_parser as train_semantic_parser  # noqa: E402
 from core.downstream.cli import add_downstream_evaluation  # noqa: E402
 from core.editing.cli import add_edit_evaluation, edit_parser, invert_parser  # noqa: E402
+from core.exchange.cli import export_views_parser, import_annotations_parser  # noqa: E402
 
 # `evaluate WHAT`: each function adds one WHAT (a quality figure against procedural ground truth).
 EVALUATIONS = [add_fit_evaluation, add_labels_evaluation, add_downstream_evaluation, add_factory_evaluation,
@@ -131,7 +132,7 @@ def _evaluate_parser(sub) -> None:
 
 
 COMMANDS = [_render_parser, fit_backbone_parser, _evaluate_parser, annotate_sim_parser, train_semantic_parser, generate_parser,
-            invert_parser, edit_parser]
+            invert_parser, edit_parser, export_parser, export_views_parser, import_annotations_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,7 @@
 """Conversions from rendered tensors to displayable arrays."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
@@ -20,3 +21,16 @@ def depth_to_uint8(depth: torch.Tensor, near: float | None = None, far: float | 
     far = float(depth.max()) if far is None else far
     normalised = (far - depth) / max(far - near, 1e-8)
     return (normalised.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def resize_labels(mask: np.ndarray, resolution: int) -> np.ndarray:
+    if mask.shape[0] == resolution:
+        return np.asarray(mask, np.uint8)
+    return cv2.resize(np.asarray(mask, np.uint8), (resolution, resolution), interpolation=cv2.INTER_NEAREST)
+
+
+def resize_image(image: np.ndarray, resolution: int) -> np.ndarray:
+    if image.shape[0] == resolution:
+        return image
+    shrink = resolution < image.shape[0]
+    return cv2.resize(image, (resolution, resolution), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)

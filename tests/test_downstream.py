@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.downstream.dataset import DatasetError, read_class_names, read_pairs, read_point_clouds
+from core.downstream.dataset import read_pairs, read_point_clouds
+from core.factory.dataset import DatasetError, read_class_names
 from core.downstream.pointnet import PointNetSettings, point_figures, train_pointnet
 from core.downstream.sources import GENERATION_SEED_START, generation_seeds, simulated_annotations
 from core.downstream.testsets import (INDIVIDUAL_SEEDS, POINT_CLOUD_SEEDS, VIDEO_SEEDS, individual_test_set,

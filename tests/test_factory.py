@@ -323,3 +323,108 @@ def test_culled_renders_on_a_generator_with_super_resolution():
         fast, _ = render_culled(generator, expand_identity(identity, 1), cameras, 16, occupancy_grid(generator, identity))
     assert fast.image.shape == exact.image.shape == (1, 3, 128, 128)
     assert (exact.image - fast.image).abs().max() < 1e-2
+
+
+# ---------------------------------------------------------------------------- reading and export
+def test_factory_dataset_items_match_the_files(reference):
+    import cv2
+    from torch.utils.data import DataLoader
+
+    from core.factory import FactoryDataset
+
+    dataset = FactoryDataset(reference, pointclouds=True)
+    assert len(dataset) == 4 and dataset.class_names[:2] == ["background", "head"]
+    cameras = json.loads((reference / "cameras.json").read_text())
+    item = dataset[3]
+    assert item["name"] == "000001_01" and item["identity"] == 1
+    assert item["image"].shape == (3, SIZE, SIZE) and 0 <= item["image"].min() and item["image"].max() <= 1
+    assert np.array_equal(item["image"].mul(255).round().byte().permute(1, 2, 0).numpy(),
+                          read_rgb(reference / "images/000001_01.png"))
+    assert np.array_equal(item["label"].numpy(), read_indexed_png(reference / "labels/000001_01.png")[0])
+    assert np.allclose(item["camera"].numpy(), cameras["images"]["000001_01"]["label"])
+    assert item["seed"] == cameras["images"]["000001_01"]["seed"]
+    raw = cv2.imread(str(reference / "depth/000001_01.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(np.isnan(item["depth"].numpy()), raw == 0)
+    assert len(item["points"]) == len(item["point_labels"]) > 0
+    batch = next(iter(DataLoader(dataset, batch_size=4, collate_fn=FactoryDataset.collate)))
+    assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["label"].dtype == torch.int64
+    assert batch["camera"].shape == (4, 25) and len(batch["points"]) == 4 and batch["name"][0] == "000000_00"
+    small = FactoryDataset(reference, size=8)
+    assert small[0]["image"].shape == (3, 8, 8) and "depth" not in small[0]
+
+
+def test_factory_dataset_reads_only_finished_identities(reference, tmp_path):
+    import shutil
+
+    from core.factory import DatasetError, FactoryDataset
+
+    partial = tmp_path / "partial"
+    shutil.copytree(reference, partial)
+    manifest = json.loads((partial / "manifest.json").read_text())
+    manifest["identities_done"] = 1
+    (partial / "manifest.json").write_text(json.dumps(manifest))
+    assert [r.name for r in FactoryDataset(partial).records] == ["000000_00", "000000_01"]
+    (partial / "depth" / "000000_01.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="000000_01.png"):
+        FactoryDataset(partial)[1]
+
+
+def test_coco_export_reads_back_with_pycocotools(reference, tmp_path):
+    from pycocotools.coco import COCO
+
+    from core.factory.export import export_dataset
+
+    result = export_dataset(reference, tmp_path / "coco", "coco", val_identities=1)
+    assert result.images == {"train": 2, "val": 2} and result.annotations > 0
+    seen = set()
+    for split in ("train", "val"):
+        coco = COCO(str(tmp_path / "coco" / "annotations" / f"{split}.json"))
+        assert {c["id"] for c in coco.loadCats(coco.getCatIds())} == set(range(1, NUM_CLASSES))
+        for image in coco.loadImgs(coco.getImgIds()):
+            assert (tmp_path / "coco" / "images" / image["file_name"]).exists()
+            labels = read_indexed_png(reference / "labels" / image["file_name"])[0]
+            rebuilt = np.zeros_like(labels)
+            for annotation in coco.loadAnns(coco.getAnnIds(imgIds=image["id"])):
+                mask = coco.annToMask(annotation).astype(bool)
+                assert not rebuilt[mask].any()  # parts do not overlap
+                rebuilt[mask] = annotation["category_id"]
+            assert np.array_equal(rebuilt, labels) and len(image["camera_label"]) == 25
+            seen.add((split, image["file_name"][:6]))
+    assert {identity for split, identity in seen if split == "val"} == {"000001"}
+    assert {identity for split, identity in seen if split == "train"} == {"000000"}
+
+
+def test_mmseg_export_layout(reference, tmp_path):
+    import cv2
+
+    from core.factory.export import export_dataset
+
+    export_dataset(reference, tmp_path / "mm", "mmseg")
+    metainfo = json.loads((tmp_path / "mm" / "metainfo.json").read_text())
+    assert metainfo["classes"][0] == "background" and len(metainfo["palette"]) == len(metainfo["classes"])
+    assert metainfo["palette"][1] == list(default_label_set().by_id(1).colour)
+    annotation = cv2.imread(str(tmp_path / "mm/ann_dir/train/000001_01.png"), cv2.IMREAD_UNCHANGED)
+    assert annotation.ndim == 2 and np.array_equal(annotation, read_indexed_png(reference / "labels/000001_01.png")[0])
+    assert np.array_equal(read_rgb(tmp_path / "mm/img_dir/train/000001_01.png"), read_rgb(reference / "images/000001_01.png"))
+
+
+def test_export_command_refuses_clearly_and_leaves_nothing_half_written(reference, tmp_path, capsys, monkeypatch):
+    from core.factory import export as export_module
+
+    out = tmp_path / "x"
+    assert main(["export", "--dataset", str(reference), "--format", "coco", "--out", str(out)]) == 0
+    assert "4 train images" in capsys.readouterr().out
+    assert main(["export", "--dataset", str(reference), "--format", "coco", "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["export", "--dataset", str(reference), "--format", "mmseg", "--out", str(tmp_path / "y"),
+                 "--val-identities", "2"]) == 2
+    assert "--val-identities must be between 0 and 1" in capsys.readouterr().err
+    assert main(["export", "--dataset", str(tmp_path / "nowhere"), "--format", "mmseg", "--out", str(tmp_path / "z")]) == 2
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export_module, "write_png", full_disk)
+    assert main(["export", "--dataset", str(reference), "--format", "mmseg", "--out", str(tmp_path / "w")]) == 2
+    assert "No space left" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]

@@ -124,7 +124,8 @@ def _evaluate_downstream(args) -> None:
     from tqdm import tqdm
 
     from core.cli import UserError, use_threads
-    from core.downstream.dataset import DatasetError, read_pairs, read_point_clouds
+    from core.downstream.dataset import read_pairs, read_point_clouds
+    from core.factory.dataset import DatasetError
     from core.downstream.evaluate import DownstreamRun
 
     use_threads(args.threads)

@@ -31,7 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.camera import split_label
-from core.downstream.sources import identity_of, resize_labels
+from core.downstream.sources import identity_of
+from core.imaging import resize_labels
 from core.semantic.training import IGNORE_LABEL, AnnotatedView
 
 VIEW_CODE_SCALE = 3.0  # the view direction's weight among ~600 unit-RMS feature channels

@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from core.camera import Camera
+from core.imaging import resize_labels
 from core.downstream.testsets import random_views
 from core.procedural import HeadParams, seeds_for
 from core.procedural.renderer import render as procedural_render
@@ -82,19 +82,6 @@ def identity_of(backbone, annotation: AnnotatedView):
                                            annotation.truncation_cutoff)
     ws = torch.as_tensor(annotation.identity, dtype=torch.float32)
     return backbone.identity_from_ws(ws if ws.ndim == 3 else ws[None])
-
-
-def resize_labels(mask: np.ndarray, resolution: int) -> np.ndarray:
-    if mask.shape[0] == resolution:
-        return np.asarray(mask, np.uint8)
-    return cv2.resize(np.asarray(mask, np.uint8), (resolution, resolution), interpolation=cv2.INTER_NEAREST)
-
-
-def resize_image(image: np.ndarray, resolution: int) -> np.ndarray:
-    if image.shape[0] == resolution:
-        return image
-    shrink = resolution < image.shape[0]
-    return cv2.resize(image, (resolution, resolution), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 @torch.no_grad()

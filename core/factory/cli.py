@@ -142,3 +142,44 @@ def _evaluate_factory(args) -> None:
     if "point_accuracy" in figures:
         print(f"  point accuracy {figures['point_accuracy']:.3f} over {figures['points']} points "
               f"({figures['points_near_surface']:.3f} within 0.03 of the surface)")
+
+
+def export_parser(sub) -> None:
+    from core.factory.export import FORMATS
+
+    p = sub.add_parser("export", help="write a generated dataset as COCO or mmsegmentation files",
+                       description="Convert a factory dataset for other training code: COCO semantic "
+                                   "segmentation (RLE masks, read by pycocotools) or the mmsegmentation folder "
+                                   "layout with a palette. Images are hard-linked where the filesystem allows.")
+    p.add_argument("--dataset", required=True, type=Path, help="a folder written by `generate`")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, type=Path, help="new output folder")
+    p.add_argument("--val-identities", type=int, default=0,
+                   help="put the last K identities in a 'val' split (default 0: everything in 'train')")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=_export)
+
+
+def _export(args) -> None:
+    from tqdm import tqdm
+
+    from core.cli import UserError
+    from core.factory.dataset import DatasetError
+    from core.factory.export import export_dataset
+
+    if args.format == "coco":
+        try:
+            import pycocotools  # noqa: F401
+        except ImportError:
+            raise UserError("--format coco needs pycocotools: pip install 'datasetnerf-studio[formats]'") from None
+    with tqdm(unit="image", desc=f"export {args.format}", dynamic_ncols=True, disable=None) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+        try:
+            result = export_dataset(args.dataset, args.out, args.format, args.val_identities, args.overwrite, progress)
+        except (DatasetError, OSError) as error:
+            raise UserError(str(error)) from error
+    splits = ", ".join(f"{count} {split}" for split, count in result.images.items())
+    extra = f", {result.annotations} annotations" if args.format == "coco" else ""
+    print(f"wrote {result.out} ({args.format}: {splits} images{extra})")
