@@ -12,7 +12,7 @@ from core.exchange import ExchangeError, import_annotations
 from core.fileio import read_rgb, write_indexed_png, write_png
 from core.generator.configs import tiny_config
 from core.generator.triplane import TriPlaneGenerator
-from core.project import BackboneRef, Project, default_label_set
+from core.project import UNLABELLED_ID, BackboneRef, Project, default_label_set
 
 SIZE = 16
 HEAD, LEFT_EAR = 1, 2
@@ -143,6 +143,10 @@ def test_labelme_polygons_and_rectangles(project_copy):
     mask = stored_masks(folder)[0][30.0]
     assert (mask[1:11, 1:11] > 0).all() and mask[0].max() == 0 and mask[11:].max() == 0
     assert (mask[2:5, 2:5] == LEFT_EAR).all() and mask[5, 5] == HEAD
+    with Project.open(folder, writable=True) as project:
+        assert len(import_annotations(project, views, uncovered="unlabelled").updated) == 1
+    mask = stored_masks(folder)[0][30.0]
+    assert mask[0, 0] == UNLABELLED_ID and mask[5, 5] == HEAD
 
 
 def test_cvat_segmentation_masks_and_indexed_pngs(project_copy):

@@ -59,6 +59,9 @@ def import_annotations_parser(sub) -> None:
     p.add_argument("--from", dest="source", required=True, type=Path, help="folder holding the tool's export")
     p.add_argument("--sidecar", type=Path, help="the studio_views.json export-views wrote "
                    "(default: the one in --from or its parent)")
+    p.add_argument("--uncovered", choices=("background", "unlabelled"), default="background",
+                   help="what pixels no shape covers become (default background, as the tools' own mask "
+                        "exports; unlabelled when only some parts were outlined: training leaves them out)")
     p.set_defaults(run=_import_annotations)
 
 
@@ -70,7 +73,7 @@ def _import_annotations(args) -> None:
 
     try:
         with Project.open(args.project, writable=True) as project:
-            summary = import_annotations(project, args.source, args.sidecar)
+            summary = import_annotations(project, args.source, args.sidecar, args.uncovered)
     except ImportError as error:
         raise UserError(f"COCO files need pycocotools: pip install 'datasetnerf-studio[formats]' ({error})") from error
     except (ExchangeError, ProjectError, OSError) as error:

@@ -38,8 +38,17 @@ class ImportSummary:
                 f"{len(self.updated)} updated")
 
 
-def import_annotations(project, folder, sidecar: Path | None = None,
+UNCOVERED = ("background", "unlabelled")
+
+
+def import_annotations(project, folder, sidecar: Path | None = None, uncovered: str = "background",
                        progress: Callable[[int, int], None] | None = None) -> ImportSummary:
+    """Import every annotation file in `folder`; pixels no shape covers become `uncovered`."""
+    from core.project import UNLABELLED_ID
+
+    if uncovered not in UNCOVERED:
+        raise ExchangeError(f"uncovered pixels are {' or '.join(UNCOVERED)}, not {uncovered!r}")
+    fill = 0 if uncovered == "background" else UNLABELLED_ID
     folder = Path(folder)
     if not folder.is_dir():
         raise ExchangeError(f"{folder}: not a folder")
@@ -50,7 +59,7 @@ def import_annotations(project, folder, sidecar: Path | None = None,
     format, sources = detect(folder)
     summary = ImportSummary(format)
     for done, (source, read) in enumerate(sources, 1):
-        masks = read(source, project.label_set)
+        masks = read(source, project.label_set, fill)
         _commit_file(project, views, source, masks, summary)
         summary.files += 1
         if progress is not None:

@@ -1,8 +1,10 @@
 """Painted masks from other tools' files, as (H, W) label-id arrays keyed by image file stem.
 
 Each reader takes one annotation file and returns every image's mask in it, or raises an
-ExchangeError naming the file; nothing is written here. Pixels no shape covers are background
-(id 0), as in these tools' own mask exports. Shapes are drawn in the tool's order (labelme: file
+ExchangeError naming the file; nothing is written here. Pixels no shape covers get `fill`:
+background (id 0) by default, as in these tools' own mask exports, or UNLABELLED_ID when only
+some parts were outlined (import-annotations --uncovered unlabelled). Colour and indexed PNGs
+say every pixel themselves. Shapes are drawn in the tool's order (labelme: file
 order; CVAT: z_order, then file order), later ones on top, so a part drawn over the head outline
 wins. Two masks without an order between them (COCO annotations, CVAT masks of one z_order) may
 not overlap with different labels: which one was meant is unknowable, so the file is refused.
@@ -22,9 +24,9 @@ from core.exchange.views import ExchangeError, label_ids_by_name
 class _Canvas:
     """One image's label map, painted shape by shape, with the overlap rule above."""
 
-    def __init__(self, source: Path, stem: str, size: tuple[int, int]):
+    def __init__(self, source: Path, stem: str, size: tuple[int, int], fill: int):
         self.source, self.stem = source, stem
-        self.labels = np.zeros(size, np.uint8)
+        self.labels = np.full(size, fill, np.uint8)
         self.unordered = np.full(size, -1, np.int32)  # label of an unordered mask here, -1: none
         self.unordered_group = np.full(size, -1, np.int64)
 
@@ -72,7 +74,7 @@ def _draw(kind: str, points, size: tuple[int, int]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- labelme
-def read_labelme(path: Path, label_set) -> dict[str, np.ndarray]:
+def read_labelme(path: Path, label_set, fill: int = 0) -> dict[str, np.ndarray]:
     document = _read_json(path)
     try:
         stem = Path(document["imagePath"]).stem
@@ -80,7 +82,7 @@ def read_labelme(path: Path, label_set) -> dict[str, np.ndarray]:
         shapes = list(document["shapes"])
     except (KeyError, TypeError, ValueError) as error:
         raise ExchangeError(f"{path}: not a labelme file ({type(error).__name__}: {error})") from error
-    names, canvas = label_ids_by_name(label_set), _Canvas(path, stem, size)
+    names, canvas = label_ids_by_name(label_set), _Canvas(path, stem, size, fill)
     for shape in shapes:
         kind = shape.get("shape_type") or "polygon"
         label_id = _label_id(names, shape.get("label"), path, stem)
@@ -96,7 +98,7 @@ def read_labelme(path: Path, label_set) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------- COCO
-def read_coco(path: Path, label_set) -> dict[str, np.ndarray]:
+def read_coco(path: Path, label_set, fill: int = 0) -> dict[str, np.ndarray]:
     from pycocotools import mask as coco_mask
 
     document = _read_json(path)
@@ -110,7 +112,7 @@ def read_coco(path: Path, label_set) -> dict[str, np.ndarray]:
     canvases = {}
     for image_id, image in images.items():
         stem = Path(str(image.get("file_name", ""))).stem
-        canvases[image_id] = _Canvas(path, stem, (int(image["height"]), int(image["width"])))
+        canvases[image_id] = _Canvas(path, stem, (int(image["height"]), int(image["width"])), fill)
     for annotation in annotations:
         canvas = canvases.get(annotation.get("image_id"))
         if canvas is None:
@@ -137,7 +139,7 @@ def read_coco(path: Path, label_set) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------- CVAT
-def read_cvat_xml(path: Path, label_set) -> dict[str, np.ndarray]:
+def read_cvat_xml(path: Path, label_set, fill: int = 0) -> dict[str, np.ndarray]:
     """CVAT for images 1.1: <mask> (RLE inside its box), <polygon> and <box> shapes."""
     try:
         root = ElementTree.parse(path).getroot()
@@ -152,7 +154,7 @@ def read_cvat_xml(path: Path, label_set) -> dict[str, np.ndarray]:
             size = (int(image.get("height")), int(image.get("width")))
         except (TypeError, ValueError):
             raise ExchangeError(f"{path}: <image name={image.get('name')!r}> has no width/height") from None
-        canvas = _Canvas(path, stem, size)
+        canvas = _Canvas(path, stem, size, fill)
         shapes = [(int(element.get("z_order", 0)), order, element) for order, element in enumerate(image)]
         for z_order, _, element in sorted(shapes, key=lambda item: item[:2]):
             label_id = _label_id(names, element.get("label"), path, stem)
@@ -193,8 +195,10 @@ def _cvat_mask(element, size: tuple[int, int], path: Path, stem: str) -> np.ndar
     return mask
 
 
-def read_cvat_segmentation(folder: Path, label_set) -> dict[str, np.ndarray]:
-    """CVAT's 'Segmentation mask 1.1' export: labelmap.txt + SegmentationClass/*.png (colours)."""
+def read_cvat_segmentation(folder: Path, label_set, fill: int = 0) -> dict[str, np.ndarray]:
+    """CVAT's 'Segmentation mask 1.1' export: labelmap.txt + SegmentationClass/*.png (colours).
+
+    `fill` is unused: every pixel has a colour."""
     from core.fileio import read_rgb
 
     labelmap = folder / "labelmap.txt"
@@ -231,8 +235,10 @@ def read_cvat_segmentation(folder: Path, label_set) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------- indexed PNGs
-def read_indexed_masks(folder: Path, label_set) -> dict[str, np.ndarray]:
-    """A folder of indexed or greyscale PNGs whose pixel values are the project's label ids."""
+def read_indexed_masks(folder: Path, label_set, fill: int = 0) -> dict[str, np.ndarray]:
+    """A folder of indexed or greyscale PNGs of the project's label ids (255: unlabelled).
+
+    `fill` is unused: every pixel has a value."""
     from core.fileio import read_indexed_png
 
     known = label_set.id_lookup()
