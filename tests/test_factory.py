@@ -520,3 +520,18 @@ def test_shards_are_a_partition_of_the_same_files(project, reference, tmp_path):
         generate_dataset(request_for(project, shards[0], shard=(1, 2), resume=True))
     with pytest.raises(FactoryError, match="--shard K/N needs"):
         generate_dataset(request_for(project, tmp_path / "bad", shard=(2, 2)))
+
+
+def test_without_ray_the_message_says_how_to_install_it(project, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(FactoryError, match=r'pip install -e "\.\[cluster\]"'):
+        generate_dataset(request_for(project, tmp_path / "x", cluster="ray"))
