@@ -2,6 +2,7 @@
 point clouds on top.
 
     python benchmarks/bench_factory.py [--identities 4] [--views 8] [--threads 2] [--workers 2] [--branch FILE]
+    python benchmarks/bench_factory.py --skip-stages --cluster ray --identities 12   # Ray vs local pool
 
 Two parts:
 1. Where an identity's time goes (one identity, `--views` views): synthesis, the occupancy grid,
@@ -12,6 +13,10 @@ Two parts:
    branch: `--branch`, or a randomly initialised one; labels cost the same either way), without
    and with `--pointclouds`, in samples (image + labels + depth) per second of wall time, and the
    process CPU seconds per sample (steadier than wall time on a shared machine).
+
+3. With `--cluster ray`: part 2 without point clouds on the local process pool and on 1 and 2 Ray
+   workers (a local Ray instance, started before the clock), and the steady rates as ratios to
+   the local pool with as many workers: Ray's overhead per identity.
 
 The machine's load average is printed first and last: on a shared 2-core machine wall-clock rates
 mean little without it.
@@ -104,18 +109,56 @@ def stages(backbone, branch, views: int, size: int) -> None:
     print(f"   write PLY                   {ply[0]:7.3f} / {ply[1]:7.3f}")
 
 
-def end_to_end(branch, identities: int, views: int, size: int, workers: int) -> None:
-    from core.factory.generate import GenerateRequest, generate_dataset
+def steady_rate(ticks) -> float:
+    """Samples/s from the first finished identity to the last: leaves out loading the models and
+    starting the workers, which a long run pays once."""
+    (t0, s0), (t1, s1) = ticks[1], ticks[-1]
+    return (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
+
+
+def throw_away_project(folder: Path, branch) -> Path:
     from core.project import BackboneRef, Project, default_label_set
     from core.semantic import save_branch
+
+    with Project.create(folder / "project", BackboneRef.for_file("default"), default_label_set()) as project:
+        backbone_hash = project.backbone.content_hash
+    save_branch(branch, folder / "branch.safetensors", backbone_hash)
+    return folder / "branch.safetensors"
+
+
+def ray_against_local(branch, identities: int, views: int, size: int) -> None:
+    import ray
+
+    from core.factory.generate import GenerateRequest, generate_dataset
+
+    print(f"\n3. Ray workers against the local process pool: {identities} identities x {views} views at {size}²")
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    rates = {}
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        branch_file = throw_away_project(folder, branch)
+        for cluster, workers in (("local", 1), ("ray", 1), ("local", 2), ("ray", 2)):
+            request = GenerateRequest(project=folder / "project", out=folder / f"{cluster}{workers}",
+                                      identities=identities, views=views, size=size, branch=branch_file,
+                                      device="cpu", workers=workers, cluster=cluster)
+            ticks = []
+            generate_dataset(request, lambda state: ticks.append((time.perf_counter(), state.samples_done)))
+            rates[cluster, workers] = steady_rate(ticks)
+            ratio = f", {rates[cluster, workers] / rates['local', workers]:.3f} of the local pool's" if cluster == "ray" else ""
+            print(f"   {cluster} x{workers}: steady {rates[cluster, workers]:6.2f} samples/s{ratio}; {load()}")
+    ray.shutdown()
+    for workers in (1, 2):
+        overhead = rates["local", workers] / rates["ray", workers] - 1
+        print(f"   Ray overhead per identity, {workers} worker(s): {100 * overhead:+.1f} %")
+
+
+def end_to_end(branch, identities: int, views: int, size: int, workers: int) -> None:
+    from core.factory.generate import GenerateRequest, generate_dataset
 
     print(f"\n2. generate_dataset: {identities} identities x {views} views at {size}², {workers} worker process(es)")
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        with Project.create(folder / "project", BackboneRef.for_file("default"), default_label_set()) as project:
-            backbone_hash = project.backbone.content_hash
-        branch_file = folder / "branch.safetensors"
-        save_branch(branch, branch_file, backbone_hash)
+        branch_file = throw_away_project(folder, branch)
         for pointclouds in (False, True):
             request = GenerateRequest(project=folder / "project", out=folder / f"out{int(pointclouds)}",
                                       identities=identities, views=views, size=size, pointclouds=pointclouds,
@@ -124,10 +167,7 @@ def end_to_end(branch, identities: int, views: int, size: int, workers: int) -> 
             result, wall, cpu = timed(lambda: generate_dataset(
                 request, lambda state: ticks.append((time.perf_counter(), state.samples_done))))
             samples = result.samples_written
-            # Steady rate: from the first finished identity to the last (leaves out loading the
-            # models and starting the workers, which a long run pays once).
-            (t0, s0), (t1, s1) = ticks[1], ticks[-1]
-            steady = (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
+            steady = steady_rate(ticks)
             print(f"   {'with' if pointclouds else 'without'} point clouds: {samples / wall:6.2f} samples/s "
                   f"({wall / samples:.3f} s wall, {cpu / samples:.3f} s CPU per sample), steady {steady:.2f} samples/s; "
                   f"{load()}")
@@ -142,6 +182,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes of part 2 (one thread each when > 1)")
     parser.add_argument("--branch", type=Path, help="a trained semantic branch (default: random weights)")
     parser.add_argument("--skip-stages", action="store_true")
+    parser.add_argument("--cluster", choices=["ray"], help="also compare Ray workers with the local pool (part 3)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from core.backbone import load_backbone
@@ -159,6 +200,8 @@ def main() -> None:
     if not args.skip_stages:
         stages(backbone, branch, args.views, args.size)
     end_to_end(branch, args.identities, args.views, args.size, args.workers)
+    if args.cluster == "ray":
+        ray_against_local(branch, args.identities, args.views, args.size)
     print(f"\n{load()}")
 
 

@@ -428,3 +428,110 @@ def test_export_command_refuses_clearly_and_leaves_nothing_half_written(referenc
     assert main(["export", "--dataset", str(reference), "--format", "mmseg", "--out", str(tmp_path / "w")]) == 2
     assert "No space left" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+
+
+# ---------------------------------------------------------------------------- Ray
+@pytest.fixture(scope="module")
+def ray_here():
+    """One local Ray instance for the module's Ray tests (starting one takes seconds)."""
+    ray = pytest.importorskip("ray", reason="Ray is the 'cluster' extra (part of 'test')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             object_store_memory=128 * 2**20)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_workers_write_the_same_files_and_resume_across_engines(project, reference, tmp_path, ray_here):
+    out = tmp_path / "on-ray"
+    result = generate_dataset(request_for(project, out, cluster="ray", workers=2))
+    assert result.identities_done == 2 and files_of(out) == files_of(reference)
+    # start locally, stop after one identity, finish on Ray
+    mixed = tmp_path / "local-then-ray"
+    calls = []
+    stopped = generate_dataset(request_for(project, mixed), progress=lambda state: calls.append(state.identities_done),
+                               should_stop=lambda: max(calls, default=0) >= 1)
+    assert stopped.stopped and stopped.identities_done == 1
+    generate_dataset(request_for(project, mixed, cluster="ray", workers=2, resume=True))
+    assert files_of(mixed) == files_of(reference)
+    # and back: a Ray run that counted one identity done, finished locally
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps(dict(manifest, identities_done=1, complete=False)))
+    (out / "images" / "000001_00.png").unlink()
+    generate_dataset(request_for(project, out, resume=True))
+    assert files_of(out) == files_of(reference)
+
+
+def _writer_processes() -> list[int]:
+    pids = []
+    for status in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"_IdentityWriter" in status.read_bytes():
+                pids.append(int(status.parent.name))
+        except OSError:
+            pass
+    return pids
+
+
+def test_a_killed_ray_worker_is_retried_without_half_written_files(project, tmp_path, ray_here):
+    import os
+    import signal
+
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    generate_dataset(request_for(project, local, identities=6, pointclouds=False))
+    killed = []
+
+    def kill_one_worker(state):
+        if state.identities_done >= 1 and not killed:
+            pids = _writer_processes()
+            assert pids, "no Ray writer process found"
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    result = generate_dataset(request_for(project, on_ray, identities=6, pointclouds=False, cluster="ray", workers=2),
+                              progress=kill_one_worker)
+    assert killed and result.identities_done == 6 and not result.stopped
+    assert files_of(on_ray) == files_of(local)
+
+
+def test_cluster_arguments_are_checked(project, tmp_path):
+    with pytest.raises(FactoryError, match="--address names a Ray cluster"):
+        generate_dataset(request_for(project, tmp_path / "x", address="head:6379"))
+    with pytest.raises(FactoryError, match="--cluster must be one of"):
+        generate_dataset(request_for(project, tmp_path / "x", cluster="slurm"))
+
+
+def test_shards_are_a_partition_of_the_same_files(project, reference, tmp_path):
+    from core.factory import FactoryDataset
+
+    shards = [tmp_path / f"shard{k}" for k in range(2)]
+    for k, folder in enumerate(shards):
+        result = generate_dataset(request_for(project, folder, shard=(k, 2)))
+        assert result.identities_done == result.identities_total == 1 and not result.stopped
+        assert json.loads((folder / "manifest.json").read_text())["shard"] == [k, 2]
+    union = {}
+    for folder in shards:
+        union.update({name: data for name, data in files_of(folder).items() if name != "manifest.json"})
+    expected = {name: data for name, data in files_of(reference).items() if name != "manifest.json"}
+    assert union == expected
+    assert [r.identity for r in FactoryDataset(shards[1]).records] == [1, 1]
+    assert evaluate_factory(shards)["miou"] == evaluate_factory(reference)["miou"]
+    assert evaluate_factory(shards)["identities"] == 2
+    with pytest.raises(FactoryError, match="shard"):
+        generate_dataset(request_for(project, shards[0], shard=(1, 2), resume=True))
+    with pytest.raises(FactoryError, match="--shard K/N needs"):
+        generate_dataset(request_for(project, tmp_path / "bad", shard=(2, 2)))
+
+
+def test_without_ray_the_message_says_how_to_install_it(project, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(FactoryError, match=r'pip install -e "\.\[cluster\]"'):
+        generate_dataset(request_for(project, tmp_path / "x", cluster="ray"))

@@ -17,6 +17,18 @@ def _angle_range(text: str) -> tuple[float, float]:
     return low, high
 
 
+def _shard(text: str) -> tuple[int, int]:
+    import argparse
+
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N (shard K of N, counting from 0), got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"shard K/N needs 0 <= K < N, got {text!r}")
+    return k, n
+
+
 def generate_parser(sub) -> None:
     from core.cli import add_threads_argument
     from core.factory.generate import GenerateRequest
@@ -51,8 +63,20 @@ def generate_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the dataset in --out (only the factory's files)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (auto: CUDA when present)")
     add_threads_argument(p, "CPU threads for torch with --workers 1 (default: torch's choice)")
-    p.add_argument("--workers", type=int, help="CPU processes writing identities side by side, one torch thread each "
+    p.add_argument("--workers", type=int, help="CPU processes (or Ray workers) writing identities side by side "
                    "(default: one per core on a CPU run, 1 on a GPU); the files do not depend on it")
+    cluster = p.add_argument_group("cluster (docs/factory.md: the same bytes as a local run)")
+    cluster.add_argument("--cluster", choices=("local", "ray"), default="local",
+                         help="local: processes on this machine (default); ray: Ray workers (pip install -e \".[cluster]\")")
+    cluster.add_argument("--address", help="join this running Ray cluster (e.g. HEAD:6379, or 'auto'); "
+                         "default: start Ray on this machine. --out must be a path every node sees")
+    cluster.add_argument("--threads-per-worker", type=int, default=defaults.threads_per_worker,
+                         help="torch threads (Ray CPUs) of each Ray worker (default 1)")
+    cluster.add_argument("--shard", type=_shard, metavar="K/N",
+                         help="write only identities i with i %% N == K (0 <= K < N), e.g. one job of a SLURM "
+                              "array per shard, each into its own --out; `evaluate factory --dataset` takes them all")
+    cluster.add_argument("--gpus-per-worker", type=float, default=defaults.gpus_per_worker,
+                         help="GPUs of each Ray worker; fractions share a GPU (default 0: CPU workers)")
     p.set_defaults(run=_generate)
 
 
@@ -68,7 +92,8 @@ def _generate(args) -> None:
         project=args.project, out=args.out, identities=args.n, views=args.views, size=args.size,
         yaw_range=args.yaw_range, pitch_range=args.pitch_range, truncation=args.truncation, seed=args.seed,
         pointclouds=args.pointclouds, voxel_size=args.voxel_size, point_labels=args.point_labels, resume=args.resume, overwrite=args.overwrite,
-        device=args.device, branch=args.branch)
+        device=args.device, branch=args.branch, cluster=args.cluster, address=args.address,
+        threads_per_worker=args.threads_per_worker, gpus_per_worker=args.gpus_per_worker, shard=args.shard)
     bar = None
 
     def progress(state) -> None:
@@ -113,7 +138,8 @@ def add_factory_evaluation(what) -> None:
                         description="Compare a generated dataset with the procedural ground truth of its identities "
                                     "(same seeds, same cameras): label mIoU, pixel accuracy, per-class IoU and, "
                                     "with point clouds, the fraction of points with the right part label.")
-    p.add_argument("--dataset", required=True, type=Path, help="a folder written by `generate`")
+    p.add_argument("--dataset", required=True, type=Path, nargs="+",
+                   help="a folder written by `generate`, or the folders of its shards (scored as one)")
     p.add_argument("--identities", type=int, help="score only the first K identities (default: all done)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(run=_evaluate_factory)

@@ -7,8 +7,8 @@
     pointclouds/*.ply   binary PLY: x y z red green blue label, one per identity (optional)
     labels.json         the label map; manifest.json: what was asked and done (seeds, hashes)
 
-Only identities the manifest counts as done ("identities_done") are read, so a dataset that is
-still being written can be used. The reader does not assume one file-naming scheme, so folders
+Only identities the manifest counts as done ("identities_done"; of a shard, its own) are read,
+so a dataset that is still being written can be used. The reader does not assume one file-naming scheme, so folders
 written by other tools in this layout read too: cameras.json may be a list (in image order), a
 {"images": [...]} / {"cameras": [...]} document, or a mapping from file name to entry; an entry
 names its image under "file", "image", "name" or "path" when it does. Every problem is a
@@ -151,7 +151,7 @@ def _sample_records(folder: Path, limit: int | None) -> list[SampleRecord]:
     cameras_path = folder / "cameras.json"
     entries = _camera_entries(cameras_path)
     manifest = _read_json(folder / "manifest.json") if (folder / "manifest.json").exists() else {}
-    done = manifest.get("identities_done") if isinstance(manifest, dict) else None
+    is_done = _finished(manifest if isinstance(manifest, dict) else {})
     records = []
     for index, image_path in enumerate(image_paths):
         if limit is not None and len(records) >= limit:
@@ -160,10 +160,23 @@ def _sample_records(folder: Path, limit: int | None) -> list[SampleRecord]:
         entry = _entry_for(entries, index, stem, cameras_path)
         identity = entry.get("identity")
         identity = identity if isinstance(identity, int) and not isinstance(identity, bool) else -1
-        if isinstance(done, int) and identity >= done:
+        if not is_done(identity):
             continue  # an identity the factory has not finished: its files may be partial
         records.append(SampleRecord(stem, _camera_label(entry, stem, cameras_path), _seed(entry), identity))
     return records
+
+
+def _finished(manifest: dict):
+    """identity index -> whether the manifest counts it written (a shard's manifest: its own)."""
+    from core.factory.generate import done_identities
+
+    done = manifest.get("identities_done")
+    if not isinstance(done, int):
+        return lambda identity: True  # no factory manifest: every file there is meant to be read
+    if isinstance(manifest.get("request"), dict):
+        finished = set(done_identities(manifest))
+        return lambda identity: identity in finished
+    return lambda identity: identity < done
 
 
 def _depth_scale(folder: Path) -> float | None:

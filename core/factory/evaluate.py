@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from core.factory.generate import FactoryError, read_manifest, sample_name
+from core.factory.generate import FactoryError, done_identities, read_manifest, sample_name
 from core.factory.pointcloud import read_ply
 from core.fileio import read_indexed_png
 from core.metrics import confusion_matrix, label_figures
@@ -32,38 +32,39 @@ NEAR_SURFACE = 0.03  # = core.procedural.head.FAR_FROM_SURFACE
 
 def evaluate_factory(dataset, identities: int | None = None,
                      progress: Callable[[int, int], None] | None = None) -> dict:
-    """Figures of the first `identities` done identities of a dataset (all done ones by default)."""
+    """Figures of the first `identities` done identities of a dataset (all done ones by default).
+
+    `dataset` is a folder, or a list of folders holding shards of one request (`generate
+    --shard K/N`), scored as their union."""
     from core.procedural import LABELS, HeadParams, ProceduralHead
 
-    dataset = Path(dataset)
-    manifest = read_manifest(dataset)
-    if manifest is None:
-        raise FactoryError(f"{dataset}: no manifest.json; not a factory dataset")
-    request = manifest["request"]
-    if request["truncation"] != 1.0:
-        raise FactoryError(f"{dataset} was generated with truncation {request['truncation']}: its identities are "
-                           "not the procedural heads of their seeds, so there is no ground truth (use --truncation 1)")
-    done = int(manifest["identities_done"])
-    count = done if identities is None else min(done, int(identities))
-    if count < 1:
-        raise FactoryError(f"{dataset}: no identity is complete yet")
-    cameras = _read_json(dataset / "cameras.json")["images"]
-    label_set = _read_json(dataset / "labels.json")
+    parts = [_dataset_part(Path(folder)) for folder in (dataset if isinstance(dataset, (list, tuple)) else [dataset])]
+    request = parts[0][1]["request"]
+    if any(manifest["request"] != request for _, manifest, _ in parts):
+        raise FactoryError(f"{', '.join(str(folder) for folder, _, _ in parts)}: not shards of one request "
+                           "(their manifests ask for different datasets)")
+    todo = sorted((index, folder) for folder, manifest, _ in parts for index in done_identities(manifest))
+    todo = todo[:identities] if identities is not None else todo
+    if not todo:
+        raise FactoryError(f"{parts[0][0]}: no identity is complete yet")
+    label_set = _read_json(parts[0][0] / "labels.json")
     names = {c["id"]: c["name"] for c in label_set["classes"]}
     num_classes = max(len(LABELS), max(names) + 1)
     confusion = np.zeros((num_classes, num_classes), np.int64)
     correct = total = near = 0
-    distances = []
-    for index in range(count):
-        record = cameras[sample_name(index, 0)]
-        head = ProceduralHead(HeadParams.from_seed(int(record["seed"])))
+    distances, seeds = [], []
+    cameras_of = {folder: cameras for folder, _, cameras in parts}
+    for done, (index, folder) in enumerate(todo, 1):
+        cameras = cameras_of[folder]
+        seeds.append(int(cameras[sample_name(index, 0)]["seed"]))
+        head = ProceduralHead(HeadParams.from_seed(seeds[-1]))
         for view in range(request["views"]):
             name = sample_name(index, view)
-            predicted = _read_labels(dataset / "labels" / f"{name}.png")
+            predicted = _read_labels(folder / "labels" / f"{name}.png")
             truth = head.render(np.asarray(cameras[name]["label"], np.float32), predicted.shape[0])["labels"]
             confusion += confusion_matrix(predicted, truth, num_classes)
         if request["pointclouds"]:
-            cloud = read_ply(dataset / "pointclouds" / f"{index:06d}.ply")
+            cloud = read_ply(folder / "pointclouds" / f"{index:06d}.ply")
             if len(cloud):
                 correct += int((head.label_at_points(cloud.points) == cloud.labels).sum())
                 distance = np.abs(head.sdf(cloud.points))
@@ -71,13 +72,13 @@ def evaluate_factory(dataset, identities: int | None = None,
                 distances.append(np.median(distance))
                 total += len(cloud)
         if progress is not None:
-            progress(index + 1, count)
+            progress(done, len(todo))
     figures = label_figures(confusion, [names.get(i, str(i)) for i in range(num_classes)])
     figures.update({
-        "dataset": str(dataset),
-        "identities": count,
-        "images": count * request["views"],
-        "seeds": [int(cameras[sample_name(i, 0)]["seed"]) for i in range(count)],
+        "dataset": ", ".join(str(folder) for folder, _, _ in parts),
+        "identities": len(todo),
+        "images": len(todo) * request["views"],
+        "seeds": seeds,
         "size": request["size"],
     })
     if request["pointclouds"]:
@@ -88,6 +89,17 @@ def evaluate_factory(dataset, identities: int | None = None,
             "surface_distance_median": float(np.median(distances)) if distances else float("nan"),
         })
     return figures
+
+
+def _dataset_part(folder: Path) -> tuple[Path, dict, dict]:
+    """(folder, manifest, cameras by image name) of one dataset folder or shard."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise FactoryError(f"{folder}: no manifest.json; not a factory dataset")
+    if manifest["request"]["truncation"] != 1.0:
+        raise FactoryError(f"{folder} was generated with truncation {manifest['request']['truncation']}: its identities "
+                           "are not the procedural heads of their seeds, so there is no ground truth (use --truncation 1)")
+    return folder, manifest, _read_json(folder / "cameras.json")["images"]
 
 
 def _read_json(path: Path):

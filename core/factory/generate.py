@@ -46,6 +46,7 @@ FORMAT_NAME = "datasetnerf-studio/factory-dataset"
 FORMAT_VERSION = 1
 SEED_STRIDE = 100_003  # run seeds S and S+1 start their identities this far apart in the seed range
 DEPTH_LEVELS = 65535
+CLUSTERS = ("local", "ray")
 OUTPUTS = ("images", "labels", "depth", "pointclouds", "cameras.json", "labels.json", "manifest.json")
 # What must agree between a run and the dataset it resumes (everything that changes the files).
 _REQUEST_KEYS = ("identities", "views", "size", "yaw_range", "pitch_range", "truncation", "seed", "seed_range",
@@ -79,7 +80,17 @@ class GenerateRequest:
     device: str = "auto"
     branch: Path | None = None  # a semantic-branch checkpoint; default: the project's newest
     view_batch: int = DEFAULT_VIEW_BATCH
-    workers: int = 1  # CPU processes writing identities side by side (same files as one process)
+    workers: int = 1  # CPU processes (or Ray workers) writing identities side by side (same files as one)
+    cluster: str = "local"  # "local": this machine's processes; "ray": Ray workers (core.factory.cluster)
+    address: str | None = None  # a running Ray cluster to join (None: start Ray on this machine)
+    threads_per_worker: int = 1  # torch threads of each Ray worker
+    gpus_per_worker: float = 0.0  # GPUs of each Ray worker (fractions share a GPU)
+    shard: tuple[int, int] | None = None  # (K, N): write only identities i with i % N == K
+
+    def planned(self) -> range:
+        """The identity indices this run writes, in order: all of them, or its shard's."""
+        k, n = self.shard or (0, 1)
+        return range(k, self.identities, n)
 
     def asked(self) -> dict:
         """The part of the request that determines the files (stored in the manifest)."""
@@ -157,47 +168,55 @@ def generate_dataset(
     manifest = _new_manifest(request, backbone, branch_file, label_set)
     done = _prepare_folder(out, request, manifest)
     manifest["identities_done"] = done
-    if request.workers > 1 and backbone.device.type != "cpu":
+    planned = request.planned()
+    if request.workers > 1 and backbone.device.type != "cpu" and request.cluster == "local":
         raise FactoryError("--workers is for CPU runs; on a GPU one process renders the views in batches")
     report = progress or (lambda _: None)
     samples_this_run = 0
 
     def tell() -> None:
-        report(FactoryProgress(done, request.identities, done * request.views, request.identities * request.views,
+        report(FactoryProgress(done, len(planned), done * request.views, len(planned) * request.views,
                                time.monotonic() - started, samples_this_run))
 
     tell()
-    with _naming_failed_writes(out, lambda: f"{done} of {request.identities}"):
+    todo = planned[done:]
+    with _naming_failed_writes(out, lambda: f"{done} of {len(planned)}"):
         if done == 0:
             _write_static_files(out, request, backbone, label_set, manifest)
-        if request.workers > 1:
+        if request.cluster == "ray":
+            from core.factory.cluster import write_on_ray
+
+            written = write_on_ray(request, (backbone, branch, label_set), todo, manifest["depth_scale"], should_stop)
+        elif request.workers > 1:
             # the workers open the branch this process chose, even if a newer one appears meanwhile
-            written = _write_in_workers(replace(request, branch=branch_file), done, manifest["depth_scale"], should_stop)
+            written = _write_in_workers(replace(request, branch=branch_file), todo, manifest["depth_scale"], should_stop)
         else:
-            written = _write_in_turn(request, (backbone, branch, label_set), done, manifest["depth_scale"], should_stop)
-        for index in written:
-            done = index + 1
+            written = _write_in_turn(request, (backbone, branch, label_set), todo, manifest["depth_scale"], should_stop)
+        for _ in written:
+            done += 1
             manifest["identities_done"] = done
-            manifest["complete"] = done == request.identities
+            manifest["complete"] = done == len(planned)
             atomic_write_json(out / "manifest.json", manifest)
             samples_this_run += request.views
             tell()
-    stopped = done < request.identities
-    return FactoryResult(out, done, request.identities, samples_this_run, time.monotonic() - started, stopped, manifest)
+    stopped = done < len(planned)
+    if not stopped:
+        _remove_temporary_files(out)  # a worker killed mid-write (and retried) may have left one
+    return FactoryResult(out, done, len(planned), samples_this_run, time.monotonic() - started, stopped, manifest)
 
 
-def _write_in_turn(request, models, first: int, depth_scale: float, should_stop):
-    """Write identities first, first + 1, ... in this process; yield each index once it is written."""
+def _write_in_turn(request, models, indices, depth_scale: float, should_stop):
+    """Write `indices` in this process, in order; yield each index once it is written."""
     backbone, branch, label_set = models
-    for index in range(first, request.identities):
+    for index in indices:
         if should_stop is not None and should_stop():
             return
         _write_identity(Path(request.out), request, backbone, backbone.generator, branch, label_set, index, depth_scale)
         yield index
 
 
-def _write_in_workers(request, first: int, depth_scale: float, should_stop):
-    """Write identities in `request.workers` processes (one torch thread each); yield indices in
+def _write_in_workers(request, indices, depth_scale: float, should_stop):
+    """Write `indices` in `request.workers` processes (one torch thread each); yield them in
     order, each once it and every identity before it are written, so that the manifest only ever
     counts a complete prefix. A few identities past the prefix may be written when the run stops:
     a resumed run writes them again, with the same bytes."""
@@ -206,7 +225,7 @@ def _write_in_workers(request, first: int, depth_scale: float, should_stop):
     from core.processes import process_pool
 
     pool = process_pool(request.workers, initializer=_start_worker, initargs=(request, depth_scale))
-    upcoming, running, finished, next_done = iter(range(first, request.identities)), {}, set(), first
+    upcoming, running, prefix = iter(indices), {}, CompletePrefix(indices)
     try:
         while True:
             if should_stop is not None and should_stop():
@@ -222,13 +241,23 @@ def _write_in_workers(request, first: int, depth_scale: float, should_stop):
             completed, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in completed:
                 future.result()  # a worker's error (a full disk, ...) stops the run here
-                finished.add(running.pop(future))
-            while next_done in finished:
-                finished.discard(next_done)
-                yield next_done
-                next_done += 1
+                yield from prefix.add(running.pop(future))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+class CompletePrefix:
+    """Identities of `order` finished in any order -> those that complete a prefix of it, in order."""
+
+    def __init__(self, order):
+        self.order, self.position, self.finished = list(order), 0, set()
+
+    def add(self, index: int):
+        self.finished.add(index)
+        while self.position < len(self.order) and self.order[self.position] in self.finished:
+            self.finished.discard(self.order[self.position])
+            yield self.order[self.position]
+            self.position += 1
 
 
 _worker_state: dict = {}
@@ -353,6 +382,14 @@ def _check_request(request: GenerateRequest) -> None:
         problems.append("--seed cannot be negative")
     if request.workers < 1:
         problems.append("--workers must be at least 1")
+    if request.cluster not in CLUSTERS:
+        problems.append(f"--cluster must be one of {', '.join(CLUSTERS)}, got {request.cluster!r}")
+    if request.address is not None and request.cluster != "ray":
+        problems.append("--address names a Ray cluster; it needs --cluster ray")
+    if request.shard is not None and not (0 <= request.shard[0] < request.shard[1] <= max(request.identities, 1)):
+        problems.append(f"--shard K/N needs 0 <= K < N <= --n, got {request.shard[0]}/{request.shard[1]}")
+    if request.threads_per_worker < 1 or not (0 <= request.gpus_per_worker <= 64):
+        problems.append("--threads-per-worker must be at least 1 and --gpus-per-worker between 0 and 64")
     if request.seed_range not in SEED_RANGES:
         problems.append(f"unknown seed range {request.seed_range!r}; known: {', '.join(SEED_RANGES)}")
     if problems:
@@ -375,6 +412,7 @@ def _new_manifest(request: GenerateRequest, backbone, branch_file: Path, label_s
                                    "mod range length"},
         "depth_scale": depth_scale_for(backbone.rendering_kwargs),
         "samples_per_identity": request.views,
+        "shard": list(request.shard) if request.shard else None,
         "identities_done": 0,
         "complete": False,
     }
@@ -408,6 +446,13 @@ def _prepare_folder(out: Path, request: GenerateRequest, manifest: dict) -> int:
     return int(existing.get("identities_done", 0)) if existing else 0
 
 
+def done_identities(manifest: dict) -> list[int]:
+    """The identity indices a dataset's manifest counts as written (a shard's: its own)."""
+    shard = manifest.get("shard") or (0, 1)
+    planned = range(int(shard[0]), int(manifest["request"]["identities"]), int(shard[1]))
+    return list(planned[:int(manifest.get("identities_done", 0))])
+
+
 def read_manifest(out: Path) -> dict | None:
     import json
 
@@ -435,6 +480,8 @@ def _differences(existing: dict, manifest: dict) -> str:
         return f"semantic branch ({existing.get('semantic_branch', {}).get('file')})"
     if existing.get("label_set_version") != manifest["label_set_version"]:
         return "label set version"
+    if existing.get("shard") != manifest["shard"]:
+        return f"shard ({existing.get('shard')})"
     changed = [key for key in _REQUEST_KEYS if existing.get("request", {}).get(key) != manifest["request"][key]]
     return f"request (different {', '.join(changed)})" if changed else ""
 
