@@ -140,7 +140,9 @@ def ray_against_local(branch, identities: int, views: int, size: int) -> None:
         for cluster, workers in (("local", 1), ("ray", 1), ("local", 2), ("ray", 2)):
             request = GenerateRequest(project=folder / "project", out=folder / f"{cluster}{workers}",
                                       identities=identities, views=views, size=size, branch=branch_file,
-                                      device="cpu", workers=workers, cluster=cluster)
+                                      device="cpu", workers=workers, cluster=cluster,
+                                      # the same CPU allowance: one local process uses this process's threads
+                                      threads_per_worker=torch.get_num_threads() if workers == 1 else 1)
             ticks = []
             generate_dataset(request, lambda state: ticks.append((time.perf_counter(), state.samples_done)))
             rates[cluster, workers] = steady_rate(ticks)
