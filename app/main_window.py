@@ -21,7 +21,7 @@ from app.dialogs import LabelSetDialog, NewProjectChoice, NewProjectDialog, choo
 from app.errors import show_error
 from app.factory import GenerateDialog
 from app.orbit import OrbitWorkspace
-from app.edit import EditWorkspace
+from app.edit import EDIT_SHORTCUTS_HELP, EditWorkspace
 from app.semantic import load_project_branch
 from app.training import TrainDialog
 from app.widgets import placeholder
@@ -308,7 +308,8 @@ class MainWindow(QMainWindow):
         self._add_action(help_menu, "Keyboard &Shortcuts", self.show_shortcuts, QKeySequence("F1"))
 
     def show_shortcuts(self) -> None:
-        box = QMessageBox(QMessageBox.Information, "Keyboard shortcuts", SHORTCUTS_HELP, parent=self)
+        box = QMessageBox(QMessageBox.Information, "Keyboard shortcuts", f"{SHORTCUTS_HELP}\n\n{EDIT_SHORTCUTS_HELP}",
+                          parent=self)
         box.setStyleSheet("QLabel { font-family: monospace; }")
         box.deleteLater()
         box.exec()
