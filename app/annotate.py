@@ -23,7 +23,7 @@ from app.widgets import LabelPalette, colour_icon, image_view_widget, label_lut,
 from app.workers import RenderClient, run_in_background
 from core.annotation import AnnotationAutosaver, MaskEditor, ViewKey
 from core.procedural import SEED_RANGES
-from core.project import IdentityRef, Project
+from core.project import AnnotationError, IdentityRef, Project
 
 TOOLS = ("paint", "erase", "fill", "pick")
 TOOL_KEYS = {"paint": "B", "erase": "E", "fill": "F", "pick": "I"}
@@ -96,6 +96,7 @@ class AnnotateWorkspace(QWidget):
     error = Signal(str)
     busy_changed = Signal(bool)
     status_message = Signal(str)
+    annotation_problem = Signal(object, object, object)  # ViewKey, annotation id, AnnotationError
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -275,12 +276,26 @@ class AnnotateWorkspace(QWidget):
         if key in self._editors:
             self._editors.move_to_end(key)
             return self._editors[key]
-        stored = self.autosaver.load_mask(key)
+        try:
+            stored = self.autosaver.load_mask(key)
+        except AnnotationError as error:  # shown, not painted over: the window offers repair / set aside / skip
+            self.annotation_problem.emit(key, self.autosaver.annotation_id(key), error)
+            return None
         editor = MaskEditor(stored if stored is not None else np.zeros(key.resolution, np.uint8))
         self._editors[key] = editor
         if len(self._editors) > EDITOR_CACHE:
             self._editors.popitem(last=False)
         return editor
+
+    def reload_view(self, forget: bool = False) -> None:
+        """Read the current view's annotation again (after a repair; `forget`: after it was set aside)."""
+        if self.key is None:
+            return
+        self._editors.pop(self.key, None)
+        if forget:
+            self.autosaver.forget(self.key)
+        self._stored_counts = {meta.id: meta.pixel_counts for meta in self.project.annotations(problems=[])}
+        self._go_to_view()
 
     def _show_frame(self, frame: Frame) -> None:
         if self._current_request is None or frame.request.scene != self._current_request.scene:

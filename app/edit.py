@@ -342,21 +342,31 @@ class EditWorkspace(QWidget):
         self._run(lambda: work(), lambda pair: self._show_compare(*pair), "Rendering", quiet=True)
 
     # ================================================================== saving
-    def save(self, name: str | None = None) -> Path | None:
-        """Write the last edit (latents, maps, renders from several yaws, figures) to edits/NAME/."""
+    def save(self, name: str | None = None, export_to: Path | None = None) -> Path | None:
+        """Write the last edit (latents, maps, renders from several yaws, figures) to edits/NAME/;
+        in a read-only project, to NAME/ in a folder outside it (`export_to`, else asked for)."""
         from core.editing.store import save_edit
 
         if self.last_result is None:
             self.error.emit("Nothing to save yet: run an edit first.")
             return None
-        if not getattr(self.project, "writable", True):
-            self.error.emit("The project is open read-only (another window holds it); the edit cannot be saved.")
-            return None
         name = (name or self._name_edit.text()).strip()
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name or ""):
             self.error.emit("Name the edit with letters, digits, '-', '_' or '.' (at most 64).")
             return None
-        folder = Path(self.project.folder) / EDITS_FOLDER / name
+        if getattr(self.project, "writable", True):
+            folder = Path(self.project.folder) / EDITS_FOLDER / name
+        else:  # read-only: the project is never written; export elsewhere
+            if export_to is None:
+                chosen = QFileDialog.getExistingDirectory(self, "Export the edit to (outside the read-only project)")
+                if not chosen:
+                    return None
+                export_to = Path(chosen)
+            project_folder = Path(self.project.folder).resolve()
+            if Path(export_to).resolve() == project_folder or project_folder in Path(export_to).resolve().parents:
+                self.error.emit(f"The project is open read-only: export the edit to a folder outside {project_folder}.")
+                return None
+            folder = Path(export_to) / name
         if folder.exists():
             self.error.emit(f"{folder} already exists; choose another name.")
             return None
@@ -580,4 +590,8 @@ class EditWorkspace(QWidget):
         self._cancel_button.setEnabled(busy)
         self._undo_edit_button.setEnabled(not busy and bool(self.undo_stack))
         self._save_button.setEnabled(not busy and self.last_result is not None)
+        read_only = self.project is not None and not self.project.writable
+        self._save_button.setText("Export…" if read_only else "Save + export")
+        self._save_button.setToolTip("The project is open read-only: the edit is exported to a folder outside it"
+                                     if read_only else "Save the edit and its renders under the project's edits/")
         self._undo_stroke_button.setEnabled(self.editor is not None and self.editor.can_undo)
