@@ -45,6 +45,8 @@ class CompareViews(QWidget):
     """Before and after as large as the panel allows, aspect kept: side by side in a wide panel,
     one above the other in a tall one (the orientation that gives the bigger squares)."""
 
+    oriented = Signal(bool)  # True: side by side
+
     def __init__(self, canvases, parent: QWidget | None = None):
         super().__init__(parent)
         self._layout = QBoxLayout(QBoxLayout.LeftToRight, self)
@@ -56,6 +58,7 @@ class CompareViews(QWidget):
         width, height = event.size().width(), event.size().height()
         side_by_side = min(width / 2, height) >= min(width, height / 2)
         self._layout.setDirection(QBoxLayout.LeftToRight if side_by_side else QBoxLayout.TopToBottom)
+        self.oriented.emit(side_by_side)
         super().resizeEvent(event)
 
 
@@ -414,8 +417,9 @@ class EditWorkspace(QWidget):
     def _show_report(self, report: StepReport) -> None:
         self._progress.setValue(report.step)
         self._loss_label.setText(f"{report.phase}: loss {report.loss:.4f}")
-        if report.preview_rgb is not None:
-            self._after_item.setImage(report.preview_rgb)
+        if report.preview_rgb is not None and self.backbone is not None:
+            self._after_item.setImage(report.preview_rgb)  # at the optimisation's size: stretched to the view
+            self._after_item.setRect(QRectF(0, 0, self.resolution, self.resolution))
 
     def is_busy(self) -> bool:
         return bool(self._tasks)
@@ -463,6 +467,9 @@ class EditWorkspace(QWidget):
             self._compare_boxes.append(view_box)
             canvases.append(image_view_widget(view_box))
         self.compare_views = CompareViews(canvases)
+        self.compare_views.oriented.connect(lambda side_by_side: box.setTitle(
+            "Before | after (live preview while editing)" if side_by_side else
+            "Before (top) / after (bottom, live preview while editing)"))
         layout.addWidget(self.compare_views, stretch=1)
         yaw_row = QHBoxLayout()
         self._yaw_slider = QSlider(Qt.Horizontal, minimum=-90, maximum=90, value=0)
@@ -487,6 +494,8 @@ class EditWorkspace(QWidget):
         else:
             self._after_item.clear()
         size = before.shape[0]
+        for item in (self._before_item, self._after_item):
+            item.setRect(QRectF(0, 0, size, size))  # a preview at the optimisation's size fills it too
         for view_box in self._compare_boxes:  # the whole image, as large as the canvas allows
             view_box.setRange(QRectF(0, 0, size, size), padding=0)
 

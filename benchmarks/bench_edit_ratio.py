@@ -8,8 +8,10 @@ seconds says little on its own. This checks the baseline commit out into a tempo
 (`git worktree add --detach`, removed at the end) and runs `benchmarks/bench_edit.py --edits 1` of
 each tree in turn, baseline then new, for every round and scripted edit kind, so both see the same
 machine within seconds of each other. Per run it prints the seconds per edit (bench_edit's own
-figure: preparation, optimisation and the final render, not the imports), the CPU model and the
-load average; then per kind and overall the medians and the ratio baseline / new. Not a test.
+figure: preparation, optimisation and the final render, not the imports) and the CPU seconds of
+that process, the CPU model and the load average; then per kind and overall the medians and the
+paired ratios baseline / new, of wall time and of CPU seconds (the steadier of the two when other
+work shares the cores). Not a test.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("enlarge the eyes", "remove the left ear", "change the nose region")  # core.editing.evaluate's
-EDIT_LINE = re.compile(r"^seed \d+, (?P<kind>[^:]+): (?P<seconds>[\d.]+) s per edit .*?(?P<ms>\d+) ms per step; "
+EDIT_LINE = re.compile(r"^seed \d+, (?P<kind>[^:]+): (?P<seconds>[\d.]+) s per edit \((?P<cpu>[\d.]+) CPU s.*?"
+                       r"(?P<ms>\d+) ms per step; "
                        r"IoU inside r [\d.]+ → (?P<iou>[\d.]+), PSNR outside r (?P<psnr>[\d.]+) dB", re.M)
 
 
@@ -54,7 +57,7 @@ def run_once(tree: Path, kind: str, args) -> dict:
     match = EDIT_LINE.search(done.stdout)
     if done.returncode or not match:
         raise SystemExit(f"{tree}: bench_edit.py failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-2000:]}")
-    return {"seconds": float(match["seconds"]), "ms": int(match["ms"]), "iou": float(match["iou"]),
+    return {"seconds": float(match["seconds"]), "cpu": float(match["cpu"]), "ms": int(match["ms"]), "iou": float(match["iou"]),
             "psnr": float(match["psnr"])}
 
 
@@ -81,12 +84,14 @@ def main() -> None:
             for round_ in range(1, args.rounds + 1):
                 for kind in kinds:
                     old = run_once(base, kind, args)
-                    print(f"round {round_}, {kind}: baseline {old['seconds']:.2f} s ({old['ms']} ms/step; "
+                    print(f"round {round_}, {kind}: baseline {old['seconds']:.2f} s, {old['cpu']:.2f} CPU s "
+                          f"({old['ms']} ms/step; "
                           f"IoU {old['iou']:.2f}, PSNR {old['psnr']:.1f} dB) [{cpu}, {load()}]", flush=True)
                     new = run_once(ROOT, kind, args)
-                    print(f"round {round_}, {kind}: new      {new['seconds']:.2f} s ({new['ms']} ms/step; "
+                    print(f"round {round_}, {kind}: new      {new['seconds']:.2f} s, {new['cpu']:.2f} CPU s "
+                          f"({new['ms']} ms/step; "
                           f"IoU {new['iou']:.2f}, PSNR {new['psnr']:.1f} dB) [{cpu}, {load()}]; "
-                          f"ratio {old['seconds'] / new['seconds']:.2f}", flush=True)
+                          f"ratio {old['seconds'] / new['seconds']:.2f} (CPU s: {old['cpu'] / new['cpu']:.2f})", flush=True)
                     rows.append((kind, old, new))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
@@ -95,9 +100,11 @@ def main() -> None:
         old_s = statistics.median(old["seconds"] for old, _ in chosen)
         new_s = statistics.median(new["seconds"] for _, new in chosen)
         ratios = [old["seconds"] / new["seconds"] for old, new in chosen]
+        cpu_ratios = [old["cpu"] / new["cpu"] for old, new in chosen]
         print(f"{kind}: median baseline {old_s:.2f} s, new {new_s:.2f} s per edit; median of the paired ratios "
-              f"{statistics.median(ratios):.2f} (range {min(ratios):.2f}–{max(ratios):.2f}) over {len(chosen)} pairs "
-              f"[{cpu}, {load()}]")
+              f"{statistics.median(ratios):.2f} (range {min(ratios):.2f}–{max(ratios):.2f}), of CPU seconds "
+              f"{statistics.median(cpu_ratios):.2f} ({min(cpu_ratios):.2f}–{max(cpu_ratios):.2f}) over {len(chosen)} "
+              f"pairs [{cpu}, {load()}]")
 
 
 if __name__ == "__main__":

@@ -123,9 +123,13 @@ def test_previews_fill_their_panel_and_the_panel_says_what_it_is_doing(qtbot, wo
     workspace._yaw_slider.setValue(-45)
     assert workspace._yaw_label.text() == "Yaw -45°"
     workspace.apply_stroke([(8.5, 8.5), (20.5, 8.5)], label=6)
+    previews = []
+    workspace._relay.report.connect(lambda report: previews.append(workspace._after_item.mapRectToParent(
+        workspace._after_item.boundingRect())) if report.preview_rgb is not None else None)
     with qtbot.waitSignal(workspace.edit_finished, timeout=WAIT_MS):
         workspace.run_edit()
     qtbot.waitUntil(lambda: not workspace.is_busy(), timeout=WAIT_MS)
+    assert previews and all(rect.width() == rect.height() == 32 for rect in previews)  # 16² previews fill the view
     assert workspace._done_label.text().startswith("Edit done in")
     assert progress.value() == progress.minimum() and progress.format() == "Idle"
 
