@@ -26,7 +26,7 @@ from core.annotation import AnnotationAutosaver, MaskEditor, ViewKey
 from core.procedural import SEED_RANGES
 from core.semantic.annotations import (SkippedAnnotation, TrainingInventory, trainable_reason,
                                        training_inventory)
-from core.project import UNLABELLED_ID, IdentityRef, Project
+from core.project import UNLABELLED_ID, AnnotationError, IdentityRef, Project
 
 TOOLS = ("paint", "erase", "fill", "pick")
 TOOL_KEYS = {"paint": "B", "erase": "E", "fill": "F", "pick": "I"}
@@ -139,6 +139,7 @@ class AnnotateWorkspace(QWidget):
     error = Signal(str)
     busy_changed = Signal(bool)
     status_message = Signal(str)
+    annotation_problem = Signal(object, object, object)  # ViewKey, annotation id, AnnotationError
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -326,7 +327,11 @@ class AnnotateWorkspace(QWidget):
         if key in self._editors:
             self._editors.move_to_end(key)
             return self._editors[key]
-        stored = self.autosaver.load_mask(key)
+        try:
+            stored = self.autosaver.load_mask(key)
+        except AnnotationError as error:  # shown, not painted over: the window offers repair / set aside / skip
+            self.annotation_problem.emit(key, self.autosaver.annotation_id(key), error)
+            return None
         # A new view starts unlabelled: training learns only from what was painted (or prefilled).
         editor = MaskEditor(stored if stored is not None else np.full(key.resolution, UNLABELLED_ID, np.uint8),
                             history_bytes_limit=HISTORY_BUDGET_BYTES // 2)
@@ -344,6 +349,16 @@ class AnnotateWorkspace(QWidget):
     def history_nbytes(self) -> int:
         """Bytes of masks and undo history held for the views visited (bounded by the budget)."""
         return sum(editor.nbytes for editor in self._editors.values())
+
+    def reload_view(self, forget: bool = False) -> None:
+        """Read the current view's annotation again (after a repair; `forget`: after it was set aside)."""
+        if self.key is None:
+            return
+        self._editors.pop(self.key, None)
+        if forget:
+            self.autosaver.forget(self.key)
+        self._stored_counts = {meta.id: meta.pixel_counts for meta in self.project.annotations(problems=[])}
+        self._go_to_view()
 
     def _show_frame(self, frame: Frame) -> None:
         if self._current_request is None or frame.request.scene != self._current_request.scene:

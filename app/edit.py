@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QObject, QRectF, Qt, Signal
-from PySide6.QtWidgets import (QButtonGroup, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
-                               QProgressBar, QPushButton, QSlider, QSpinBox, QStackedLayout, QToolButton,
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import (QBoxLayout, QButtonGroup, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                               QLineEdit, QProgressBar, QPushButton, QSlider, QSpinBox, QStackedLayout, QToolButton,
                                QVBoxLayout, QWidget)
 
-from app.annotate import PaintViewBox
+from app.annotate import TOOL_KEYS, PaintViewBox
 from app.semantic import BranchState, load_project_branch
 from app.widgets import LabelPalette, image_view_widget, label_lut, placeholder
 from app.workers import run_in_background
@@ -31,6 +32,34 @@ from core.procedural import SEED_RANGES
 
 TOOLS = ("paint", "fill", "pick")
 EDITS_FOLDER = "edits"
+IDLE_TEXT = "Idle"
+EDIT_SHORTCUTS_HELP = """Edit
+  B / F / I          paint, fill, pick
+  0–9                select a label (0 = background)
+  [  ]               brush smaller / larger
+  Ctrl+Z             undo the last stroke
+  Ctrl+Return        run the edit · Esc: cancel it"""
+
+
+class CompareViews(QWidget):
+    """Before and after as large as the panel allows, aspect kept: side by side in a wide panel,
+    one above the other in a tall one (the orientation that gives the bigger squares)."""
+
+    oriented = Signal(bool)  # True: side by side
+
+    def __init__(self, canvases, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._layout = QBoxLayout(QBoxLayout.LeftToRight, self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+        for canvas in canvases:
+            self._layout.addWidget(canvas)
+
+    def resizeEvent(self, event) -> None:
+        width, height = event.size().width(), event.size().height()
+        side_by_side = min(width / 2, height) >= min(width, height / 2)
+        self._layout.setDirection(QBoxLayout.LeftToRight if side_by_side else QBoxLayout.TopToBottom)
+        self.oriented.emit(side_by_side)
+        super().resizeEvent(event)
 
 
 class _Relay(QObject):
@@ -69,6 +98,7 @@ class EditWorkspace(QWidget):
         self._relay = _Relay()
         self._relay.report.connect(self._show_report)
         self._build()
+        self._make_shortcuts()
 
     # ================================================================== session
     def set_session(self, backbone, project) -> None:
@@ -175,8 +205,13 @@ class EditWorkspace(QWidget):
         self._tool_buttons[tool].setChecked(True)
 
     def set_brush_size(self, size: int) -> None:
-        self.brush_size = int(size)
+        self.brush_size = int(min(max(size, self._brush_spin.minimum()), self._brush_spin.maximum()))
         self._brush_spin.setValue(self.brush_size)
+
+    def select_label_by_position(self, position: int) -> None:
+        """Key 0-9: the label at that row of the palette (0 = the first, background)."""
+        if 0 <= position < len(self._palette.label_ids):
+            self.set_label(self._palette.label_ids[position])
 
     def set_label(self, label_id: int) -> None:
         self._palette.select_label(label_id)
@@ -226,6 +261,8 @@ class EditWorkspace(QWidget):
         self._image_item.setImage(self.before[0])
         self.view_box.setRange(QRectF(0, 0, self.resolution, self.resolution), padding=0.02)
         self._refresh_mask()
+        if self.isVisible():
+            self._canvas.setFocus()  # not a spin box, which would swallow the [ ] B F I keys
 
     def _refresh_mask(self) -> None:
         if self.editor is not None:
@@ -268,9 +305,11 @@ class EditWorkspace(QWidget):
         self._show_compare(result.rgb_before, result.rgb_after)
         figures = edit_figures(result)
         note = " (cancelled: best state so far)" if result.stopped else ""
-        self.status_message.emit(f"Edit done in {result.seconds:.1f} s{note}: IoU of the painted map inside the "
-                                 f"edited region {figures['iou_in_region_before']:.2f} → {figures['iou_in_region']:.2f}, "
-                                 f"PSNR outside {figures['psnr_outside_region']:.1f} dB")
+        message = (f"Edit done in {result.seconds:.1f} s{note}: IoU of the painted map inside the edited region "
+                   f"{figures['iou_in_region_before']:.2f} → {figures['iou_in_region']:.2f}, PSNR outside "
+                   f"{figures['psnr_outside_region']:.1f} dB")
+        self._done_label.setText(message.replace(": ", ".\n", 1))  # stays until the next run
+        self.status_message.emit(message)
         self.edit_finished.emit(result)
 
     def undo_edit(self) -> None:
@@ -306,21 +345,31 @@ class EditWorkspace(QWidget):
         self._run(lambda: work(), lambda pair: self._show_compare(*pair), "Rendering", quiet=True)
 
     # ================================================================== saving
-    def save(self, name: str | None = None) -> Path | None:
-        """Write the last edit (latents, maps, renders from several yaws, figures) to edits/NAME/."""
+    def save(self, name: str | None = None, export_to: Path | None = None) -> Path | None:
+        """Write the last edit (latents, maps, renders from several yaws, figures) to edits/NAME/;
+        in a read-only project, to NAME/ in a folder outside it (`export_to`, else asked for)."""
         from core.editing.store import save_edit
 
         if self.last_result is None:
             self.error.emit("Nothing to save yet: run an edit first.")
             return None
-        if not getattr(self.project, "writable", True):
-            self.error.emit("The project is open read-only (another window holds it); the edit cannot be saved.")
-            return None
         name = (name or self._name_edit.text()).strip()
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name or ""):
             self.error.emit("Name the edit with letters, digits, '-', '_' or '.' (at most 64).")
             return None
-        folder = Path(self.project.folder) / EDITS_FOLDER / name
+        if getattr(self.project, "writable", True):
+            folder = Path(self.project.folder) / EDITS_FOLDER / name
+        else:  # read-only: the project is never written; export elsewhere
+            if export_to is None:
+                chosen = QFileDialog.getExistingDirectory(self, "Export the edit to (outside the read-only project)")
+                if not chosen:
+                    return None
+                export_to = Path(chosen)
+            project_folder = Path(self.project.folder).resolve()
+            if Path(export_to).resolve() == project_folder or project_folder in Path(export_to).resolve().parents:
+                self.error.emit(f"The project is open read-only: export the edit to a folder outside {project_folder}.")
+                return None
+            folder = Path(export_to) / name
         if folder.exists():
             self.error.emit(f"{folder} already exists; choose another name.")
             return None
@@ -339,6 +388,7 @@ class EditWorkspace(QWidget):
         self._progress.setRange(0, max(total, 0))
         self._progress.setValue(0)
         self._progress.setFormat(text if total == 0 else f"{text} %v/%m")
+        self._done_label.setText("")
         self.busy_changed.emit(True)
         self._refresh_buttons(busy=True)
 
@@ -346,9 +396,7 @@ class EditWorkspace(QWidget):
         def finished(result, failed):
             if not quiet:
                 self.busy_changed.emit(False)
-                self._progress.setRange(0, 1)
-                self._progress.setValue(1 if not failed else 0)
-                self._progress.setFormat("")
+                self._show_idle_progress()
             if failed:
                 self.error.emit(f"{what} failed: {result}")
             else:
@@ -360,11 +408,18 @@ class EditWorkspace(QWidget):
         self._tasks.add(thread)
         thread.finished.connect(lambda: (self._tasks.discard(thread), thread.deleteLater()))
 
+    def _show_idle_progress(self) -> None:
+        """An empty bar that says so: a full bar read as 'something is running'."""
+        self._progress.setRange(0, 1)
+        self._progress.setValue(0)
+        self._progress.setFormat(IDLE_TEXT)
+
     def _show_report(self, report: StepReport) -> None:
         self._progress.setValue(report.step)
         self._loss_label.setText(f"{report.phase}: loss {report.loss:.4f}")
-        if report.preview_rgb is not None:
-            self._after_item.setImage(report.preview_rgb)
+        if report.preview_rgb is not None and self.backbone is not None:
+            self._after_item.setImage(report.preview_rgb)  # at the optimisation's size: stretched to the view
+            self._after_item.setRect(QRectF(0, 0, self.resolution, self.resolution))
 
     def is_busy(self) -> bool:
         return bool(self._tasks)
@@ -386,7 +441,8 @@ class EditWorkspace(QWidget):
         box = QGroupBox("Paint the change")
         layout = QVBoxLayout(box)
         self.view_box = PaintViewBox()
-        canvas = image_view_widget(self.view_box)
+        canvas = self._canvas = image_view_widget(self.view_box)
+        canvas.setFocusPolicy(Qt.StrongFocus)
         self._image_item, self._mask_item = pg.ImageItem(), pg.ImageItem()
         self._mask_item.setOpacity(0.5)
         self.view_box.addItem(self._image_item)
@@ -403,21 +459,33 @@ class EditWorkspace(QWidget):
     def _build_compare(self) -> QWidget:
         box = QGroupBox("Before | after (live preview while editing)")
         layout = QVBoxLayout(box)
-        views = QHBoxLayout()
         self._before_item, self._after_item = pg.ImageItem(), pg.ImageItem()
+        canvases, self._compare_boxes = [], []
         for item in (self._before_item, self._after_item):
-            view_box = pg.ViewBox()
+            view_box = pg.ViewBox(enableMouse=False)
             view_box.addItem(item)
-            views.addWidget(image_view_widget(view_box))
-        layout.addLayout(views, stretch=1)
+            self._compare_boxes.append(view_box)
+            canvases.append(image_view_widget(view_box))
+        self.compare_views = CompareViews(canvases)
+        self.compare_views.oriented.connect(lambda side_by_side: box.setTitle(
+            "Before | after (live preview while editing)" if side_by_side else
+            "Before (top) / after (bottom, live preview while editing)"))
+        layout.addWidget(self.compare_views, stretch=1)
         yaw_row = QHBoxLayout()
         self._yaw_slider = QSlider(Qt.Horizontal, minimum=-90, maximum=90, value=0)
         self._yaw_slider.setToolTip("Compare before and after from another yaw (released: render)")
         self._yaw_slider.sliderReleased.connect(lambda: self.compare_at(self._yaw_slider.value()))
-        yaw_row.addWidget(QLabel("Yaw"))
+        self._yaw_label = QLabel()
+        self._yaw_label.setMinimumWidth(self._yaw_label.fontMetrics().horizontalAdvance("Yaw −90°") + 4)
+        self._yaw_slider.valueChanged.connect(self._show_yaw)
+        self._show_yaw(0)
+        yaw_row.addWidget(self._yaw_label)
         yaw_row.addWidget(self._yaw_slider)
         layout.addLayout(yaw_row)
         return box
+
+    def _show_yaw(self, yaw: int) -> None:
+        self._yaw_label.setText(f"Yaw {yaw:+d}°" if yaw else "Yaw 0°")
 
     def _show_compare(self, before, after) -> None:
         self._before_item.setImage(before)
@@ -425,6 +493,11 @@ class EditWorkspace(QWidget):
             self._after_item.setImage(after)
         else:
             self._after_item.clear()
+        size = before.shape[0]
+        for item in (self._before_item, self._after_item):
+            item.setRect(QRectF(0, 0, size, size))  # a preview at the optimisation's size fills it too
+        for view_box in self._compare_boxes:  # the whole image, as large as the canvas allows
+            view_box.setRange(QRectF(0, 0, size, size), padding=0)
 
     def _build_side_panel(self) -> QWidget:
         panel = QWidget()
@@ -477,7 +550,11 @@ class EditWorkspace(QWidget):
             actions.addWidget(button)
         form.addLayout(actions)
         self._progress = QProgressBar(textVisible=True)
+        self._show_idle_progress()
         form.addWidget(self._progress)
+        self._done_label = QLabel("", wordWrap=True)
+        self._done_label.setStyleSheet("color: #5a5;")
+        form.addWidget(self._done_label)
         self._loss_label = QLabel("")
         self._perceptual_label = QLabel("")
         self._branch_label = QLabel(self.branch_state.note, wordWrap=True)
@@ -492,6 +569,27 @@ class EditWorkspace(QWidget):
         column.addWidget(run)
         return panel
 
+    # ================================================================== shortcuts
+    def _make_shortcuts(self) -> None:
+        """Window-wide while this tab is shown: they fire whichever child has the focus (the
+        palette, a spin box, a button), and Qt skips them while the tab is hidden, so Annotate's
+        keys of the same name do not clash."""
+        bindings = [(TOOL_KEYS[tool], lambda t=tool: self.set_tool(t)) for tool in TOOLS]
+        bindings += [(str(digit), lambda d=digit: self.select_label_by_position(d)) for digit in range(10)]
+        bindings += [
+            ("[", lambda: self.set_brush_size(self.brush_size - 1)),
+            ("]", lambda: self.set_brush_size(self.brush_size + 1)),
+            ("Ctrl+Z", self.undo_stroke),
+            ("Ctrl+Return", lambda: self._run_button.isEnabled() and self.run_edit()),
+            ("Esc", self.cancel),
+        ]
+        self.shortcuts = {}
+        for keys, action in bindings:
+            shortcut = QShortcut(QKeySequence(keys), self)
+            shortcut.setContext(Qt.WindowShortcut)
+            shortcut.activated.connect(action)
+            self.shortcuts[keys] = shortcut
+
     def _refresh_buttons(self, busy: bool | None = None) -> None:
         busy = self.is_busy() if busy is None else busy
         ready = self.backbone is not None and self.project is not None and self.branch is not None
@@ -501,4 +599,8 @@ class EditWorkspace(QWidget):
         self._cancel_button.setEnabled(busy)
         self._undo_edit_button.setEnabled(not busy and bool(self.undo_stack))
         self._save_button.setEnabled(not busy and self.last_result is not None)
+        read_only = self.project is not None and not self.project.writable
+        self._save_button.setText("Export…" if read_only else "Save + export")
+        self._save_button.setToolTip("The project is open read-only: the edit is exported to a folder outside it"
+                                     if read_only else "Save the edit and its renders under the project's edits/")
         self._undo_stroke_button.setEnabled(self.editor is not None and self.editor.can_undo)

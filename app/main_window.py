@@ -7,6 +7,7 @@ in a message box that says what went wrong.
 """
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from pathlib import Path
@@ -21,15 +22,17 @@ from app.dialogs import LabelSetDialog, NewProjectChoice, NewProjectDialog, choo
 from app.errors import show_error
 from app.factory import GenerateDialog
 from app.orbit import OrbitWorkspace
-from app.edit import EditWorkspace
+from app.edit import EDIT_SHORTCUTS_HELP, EditWorkspace
 from app.semantic import load_project_branch
 from app.training import TrainDialog
 from app.widgets import placeholder
 from app.workers import run_in_background
 from core.backbone import load_backbone, pick_device
-from core.project import BackboneRef, Project
+from core.project import (AnnotationError, BackboneRef, MaskSizeError, Project, ProjectFormatError,
+                          ProjectLockedError, UnknownLabelError)
 
 RECENT_KEY = "recent_projects"
+LAST_SESSION_KEY = "last_session"  # JSON: the project folder, identity, view and tab to reopen at launch
 MAX_RECENT = 8
 REPEATED_ERROR_QUIET_S = 5.0  # a render error repeating while dragging is shown once
 
@@ -46,6 +49,7 @@ class MainWindow(QMainWindow):
         self.train_dialog: TrainDialog | None = None
         self.generate_dialog: GenerateDialog | None = None
         self._last_error = ("", 0.0)
+        self._skipped_annotations: set = set()  # damaged annotations the user chose to skip this session
         self.setWindowTitle("DatasetNeRF Studio")
         self.resize(1280, 820)
         self._build_workspaces()
@@ -54,20 +58,61 @@ class MainWindow(QMainWindow):
 
     # ================================================================== public actions
     def start(self) -> None:
-        """First thing after show(): the embedded backbone for the Orbit view, off the GUI thread."""
+        """First thing after show(): the last project at its last identity and view, or else the
+        embedded backbone for the Orbit view (a moved or deleted project: a status message)."""
+        last = self.last_session()
+        if last and Project.exists(last["folder"]):
+            self.open_project(last["folder"], restore=last)
+            return
+        if last:
+            self.statusBar().showMessage(f"The last project, {last['folder']}, is not there any more "
+                                         "(moved or deleted): open it from File ▸ Open Project.", 15000)
+        self._start_screen()
+
+    def open_project(self, folder, read_only: bool = False, restore: dict | None = None) -> None:
+        """Open a project (for writing unless `read_only`) and load its backbone in the background.
+        Held by another studio: offer to open it read-only. A damaged project.json: say what is
+        wrong and offer another folder. `restore`: the identity, view and tab to show (last_session)."""
+        try:
+            project = Project.open(folder, writable=not read_only)
+        except ProjectLockedError as error:
+            if self._ask("Project in use", str(error), "Open Read-Only"):
+                self.open_project(folder, read_only=True, restore=restore)
+            elif restore:
+                self._start_screen()
+            return
+        except ProjectFormatError as error:
+            if self._ask("Cannot open project", f"{error}\n\nThe folder's project.json is damaged or is not a "
+                         "studio project file; nothing was changed.", "Open Another Folder…"):
+                self._choose_project()
+            if restore and self.backbone is None:
+                self._start_screen()
+            return
+        except Exception as error:
+            show_error(self, "Cannot open project", error)
+            if restore:
+                self._start_screen()
+            return
+        self._run_task("Loading backbone", lambda: project.load_backbone(self.device),
+                       lambda backbone: self._opened(backbone, project, restore),
+                       lambda error: self._project_failed(project, error, restore))
+
+    def _start_screen(self) -> None:
         self.tabs.setCurrentWidget(self.orbit)
         self.open_backbone("default")
 
-    def open_project(self, folder) -> None:
-        """Open a project for writing and load its backbone in the background."""
-        try:
-            project = Project.open(folder, writable=True)
-        except Exception as error:
-            show_error(self, "Cannot open project", error)
-            return
-        self._run_task("Loading backbone", lambda: project.load_backbone(self.device),
-                       lambda backbone: self.use_session(backbone, project),
-                       lambda error: self._project_failed(project, error))
+    def _opened(self, backbone, project: Project, restore: dict | None) -> None:
+        if restore:  # before the session reaches Annotate, which opens this identity and view
+            self.annotate.seed = int(restore.get("seed", self.annotate.seed))
+            self.annotate.yaw = float(restore.get("yaw", self.annotate.yaw))
+            self.annotate.pitch = float(restore.get("pitch", self.annotate.pitch))
+        self.use_session(backbone, project)
+        tab = (restore or {}).get("tab")
+        if tab in self.workspaces and (tab != "annotate" or project.writable):
+            self.tabs.setCurrentWidget(self.workspaces[tab])
+        if not project.writable:
+            self.statusBar().showMessage(f"{project.folder} is open read-only: browse, orbit and export; "
+                                         "nothing is written to it.", 10000)
 
     def create_project(self, choice: NewProjectChoice) -> None:
         def build():
@@ -96,6 +141,7 @@ class MainWindow(QMainWindow):
                        lambda backbone: self.use_session(backbone, None), failed)
 
     def close_project(self) -> None:
+        self.settings.remove(LAST_SESSION_KEY)  # closed on purpose: the next launch starts afresh
         self._end_project_jobs()
         self.annotate.clear_session()
         if self.project is not None:
@@ -112,6 +158,9 @@ class MainWindow(QMainWindow):
 
     def edit_labels(self) -> None:
         if self.project is None:
+            return
+        if not self.project.writable:
+            show_error(self, "Edit Labels", self._read_only_note("the label set is stored in its project.json"))
             return
         dialog = LabelSetDialog(self.project.label_set, self)
         dialog.deleteLater()  # after this handler returns
@@ -131,6 +180,9 @@ class MainWindow(QMainWindow):
             show_error(self, "Train Semantic Branch", "Open or create a project first, and paint a few views in "
                                                       "the Annotate workspace: the branch learns from them.")
             return
+        if not self.project.writable:
+            show_error(self, "Train Semantic Branch", self._read_only_note("training writes its checkpoints there"))
+            return
         if self.train_dialog is None:
             self.train_dialog = TrainDialog(self.project, self.backbone, self)
             self.train_dialog.trained.connect(self.reload_semantic_branch)
@@ -144,6 +196,9 @@ class MainWindow(QMainWindow):
         if self.project is None:
             show_error(self, "Generate Dataset", "Open or create a project first: the factory uses its backbone "
                                                  "and its trained semantic branch.")
+            return
+        if not self.project.writable:
+            show_error(self, "Generate Dataset", self._read_only_note("the factory writes datasets/ there"))
             return
         if self.generate_dialog is None:
             self.generate_dialog = GenerateDialog(self.project, self.device.type, self)
@@ -169,6 +224,73 @@ class MainWindow(QMainWindow):
         self._last_error = (message, now)
         show_error(self, "DatasetNeRF Studio", message)
 
+    def _read_only_note(self, why: str) -> str:
+        return (f"{self.project.folder} is open read-only (another studio holds it), and {why}. Close that "
+                "studio, then open the project again to change it.")
+
+    def last_session(self) -> dict | None:
+        """{'folder', 'seed', 'yaw', 'pitch', 'tab'} of the project open when the studio last closed."""
+        try:
+            value = json.loads(str(self.settings.value(LAST_SESSION_KEY, "") or "null"))
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) and isinstance(value.get("folder"), str) else None
+
+    def _remember_session(self) -> None:
+        if self.project is None:
+            return
+        tab = next((name for name, widget in self.workspaces.items() if widget is self.tabs.currentWidget()), None)
+        annotate = self.annotate
+        self.settings.setValue(LAST_SESSION_KEY, json.dumps({
+            "folder": str(Path(self.project.folder).resolve()), "seed": int(annotate.seed),
+            "yaw": float(annotate.yaw), "pitch": float(annotate.pitch), "tab": tab}))
+        self.settings.sync()
+
+    def _ask(self, title: str, text: str, action: str) -> bool:
+        """A warning with one way on (`action`) beside Cancel; True when the user takes it."""
+        box = QMessageBox(QMessageBox.Warning, title, text, parent=self)
+        button = box.addButton(action, QMessageBox.AcceptRole)
+        box.addButton(QMessageBox.Cancel)
+        box.deleteLater()
+        box.exec()
+        return box.clickedButton() is button
+
+    def _annotation_problem(self, key, annotation_id, error: AnnotationError) -> None:
+        """A view's stored annotation does not load: repair it (when its mask reads), set it aside
+        (moved to annotations/set-aside/, nothing deleted), or skip it (the view stays unpainted
+        and cannot be painted until then). The project stays open either way."""
+        if self.project is None or annotation_id is None:
+            return
+        name = f"Annotation {int(annotation_id):04d}"
+        if annotation_id in self._skipped_annotations:
+            self.statusBar().showMessage(f"{name} is damaged and was skipped: {error.problem}", 8000)
+            return
+        box = QMessageBox(QMessageBox.Warning, "Damaged annotation", f"{name} cannot be loaded.\n\n{error}",
+                          parent=self)
+        box.setInformativeText("Repair keeps the mask (unknown labels become background, a wrong size is "
+                               "resized); Set Aside moves its files to annotations/set-aside/ and lets you paint "
+                               "the view again; Skip leaves it as it is (the view cannot be painted).")
+        repair = box.addButton("Repair", QMessageBox.AcceptRole)
+        repair.setEnabled(isinstance(error, (MaskSizeError, UnknownLabelError)))
+        set_aside = box.addButton("Set Aside", QMessageBox.DestructiveRole)
+        box.addButton("Skip", QMessageBox.RejectRole)
+        box.deleteLater()
+        box.exec()
+        try:
+            if box.clickedButton() is repair:
+                done = self.project.repair_annotation(annotation_id)
+                self.annotate.reload_view()
+                self.statusBar().showMessage(f"{name} repaired: {done}", 8000)
+            elif box.clickedButton() is set_aside:
+                folder = self.project.set_aside_annotation(annotation_id)
+                self.annotate.reload_view(forget=True)
+                self.statusBar().showMessage(f"{name} moved to {folder}; the view is unpainted", 8000)
+            else:
+                self._skipped_annotations.add(annotation_id)
+                self.statusBar().showMessage(f"{name} skipped: it stays on disk as it is", 8000)
+        except Exception as error:
+            show_error(self, "Damaged annotation", error)
+
     def recent_projects(self) -> list[str]:
         value = self.settings.value(RECENT_KEY, [])
         if isinstance(value, str):  # QSettings returns a lone string for a one-item list
@@ -181,13 +303,16 @@ class MainWindow(QMainWindow):
         if self.project is not project:
             self._end_project_jobs()
         if self.project is not None and self.project is not project:
+            self._remember_session()
             self.annotate.clear_session()
             self.project.close()
         self.backbone, self.project = backbone, project
+        self._skipped_annotations = set()
         self._use_session_everywhere()
         if project is not None:
             self._remember(project.folder)
-            self.tabs.setCurrentWidget(self.annotate)
+            self._remember_session()
+            self.tabs.setCurrentWidget(self.annotate if project.writable else self.orbit)
         elif self.tabs.currentWidget() is self.annotate:
             self.tabs.setCurrentWidget(self.orbit)  # nothing to annotate without a project
         self._update_status()
@@ -204,9 +329,11 @@ class MainWindow(QMainWindow):
             if hasattr(workspace, "set_semantic_branch"):
                 workspace.set_semantic_branch(self.branch_state)
 
-    def _project_failed(self, project: Project, error: BaseException) -> None:
+    def _project_failed(self, project: Project, error: BaseException, restore: dict | None = None) -> None:
         project.close()
         show_error(self, "Cannot open project", f"{project.folder}: could not load its backbone.\n\n{error}")
+        if restore:
+            self._start_screen()
 
     def _offer_backbone_file(self, message: str) -> None:
         box = QMessageBox(QMessageBox.Warning, "No backbone", message, parent=self)
@@ -286,6 +413,8 @@ class MainWindow(QMainWindow):
             workspace.error.connect(self.show_error)
             workspace.status_message.connect(lambda text: self.statusBar().showMessage(text, 2000))
             workspace.busy_changed.connect(lambda busy, n=name: self._set_busy(f"Rendering ({n})", busy))
+        # Queued: the question comes after the session is fully shown, not inside set_session.
+        self.annotate.annotation_problem.connect(self._annotation_problem, Qt.QueuedConnection)
 
     def _build_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
@@ -308,7 +437,8 @@ class MainWindow(QMainWindow):
         self._add_action(help_menu, "Keyboard &Shortcuts", self.show_shortcuts, QKeySequence("F1"))
 
     def show_shortcuts(self) -> None:
-        box = QMessageBox(QMessageBox.Information, "Keyboard shortcuts", SHORTCUTS_HELP, parent=self)
+        box = QMessageBox(QMessageBox.Information, "Keyboard shortcuts", f"{SHORTCUTS_HELP}\n\n{EDIT_SHORTCUTS_HELP}",
+                          parent=self)
         box.setStyleSheet("QLabel { font-family: monospace; }")
         box.deleteLater()
         box.exec()
@@ -344,11 +474,14 @@ class MainWindow(QMainWindow):
         else:
             self._device_label.setText("CPU")
         self._backbone_label.setText(f"Backbone: {self.backbone.name}" if self.backbone else "No backbone")
-        self._project_label.setText(f"Project: {self.project.folder.name}" if self.project else "No project")
+        read_only = self.project is not None and not self.project.writable
+        self._project_label.setText((f"Project: {self.project.folder.name}" + (" (read-only)" if read_only else ""))
+                                    if self.project else "No project")
         busy = [source for source, on in self._busy.items() if on]
         self._busy_label.setText(f"● {busy[0]}…" if busy else "Ready")
         self._busy_label.setStyleSheet("color: #e8a33d;" if busy else "color: #5a5;")
-        title = "DatasetNeRF Studio" + (f" — {self.project.folder}" if self.project else "")
+        title = "DatasetNeRF Studio" + (f" — {self.project.folder}" if self.project else "") + \
+            (" [read-only]" if read_only else "")
         self.setWindowTitle(title)
 
     def closeEvent(self, event) -> None:
@@ -359,6 +492,7 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
     def _shut_down(self) -> None:
+        self._remember_session()
         self._end_project_jobs()
         for workspace in self.workspaces.values():
             workspace.shutdown()  # Annotate writes its pending masks first

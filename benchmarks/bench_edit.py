@@ -5,6 +5,7 @@
     python benchmarks/bench_edit.py --project PROJECT --steps 30 --learning-rate 0.02 --rgb-weight 10 \
         --crop-margin none --backbone-samples none                            # the optimisation before the speed-up
     python benchmarks/bench_edit.py                                           # no project: an untrained branch (timing only)
+    python benchmarks/bench_edit_ratio.py --project PROJECT                   # against a baseline commit, interleaved
 
 For each of --edits 'evaluate' identities (frontal view) every scripted edit of
 core.editing.evaluate (enlarge the eyes, remove the left ear, change the nose region) is run
@@ -54,7 +55,7 @@ def settings_from(args) -> EditSettings:
     defaults = EditSettings()
     chosen = {name: getattr(args, name) for name in ("steps", "resolution", "outside_rays", "semantic_samples",
                                                       "learning_rate", "final_learning_rate", "patience",
-                                                      "latent_space", "rgb_weight", "perceptual_weight")
+                                                      "latent_space", "rgb_weight", "perceptual_weight", "coarse_gradients")
               if getattr(args, name, None) is not None}
     chosen.update(crop_margin=args.crop_margin, backbone_samples=args.backbone_samples)  # None is a choice here
     return EditSettings(**{**defaults.__dict__, **chosen})
@@ -75,6 +76,8 @@ def main() -> None:
     parser.add_argument("--backbone-samples", type=_samples, default=EditSettings.backbone_samples,
                         help="COARSE,IMPORTANCE samples per ray while optimising, or none (the backbone's own)")
     parser.add_argument("--semantic-samples", type=int)
+    parser.add_argument("--coarse-gradients", action="store_true", default=None,
+                        help="gradients through the coarse samples too (as before the edit speed-up of issue 23)")
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--final-learning-rate", type=float)
     parser.add_argument("--patience", type=int)

@@ -100,3 +100,57 @@ def test_an_image_is_inverted_and_an_edit_can_be_cancelled(qtbot, workspace):
         qtbot.wait(300)
         workspace.cancel()
     assert finished.args[0].stopped and len(finished.args[0].history) < 500
+
+
+def test_previews_fill_their_panel_and_the_panel_says_what_it_is_doing(qtbot, workspace):
+    progress = workspace._progress
+    assert progress.value() == progress.minimum() and progress.format() == "Idle"  # empty, not full, when idle
+    start(qtbot, workspace)
+    assert progress.value() == progress.minimum() and progress.format() == "Idle"
+    for size in ((1000, 700), (700, 1000)):  # wide and tall windows: the squares stay as large as fits
+        workspace.resize(*size)
+        qtbot.waitUntil(lambda: workspace.compare_views.size().width() > 0)
+        qtbot.wait(50)
+        width, height = workspace.compare_views.width(), workspace.compare_views.height()
+        biggest = max(min(width / 2, height), min(width, height / 2))
+        for canvas in (workspace.compare_views.layout().itemAt(i).widget() for i in range(2)):
+            assert min(canvas.width(), canvas.height()) >= 0.9 * biggest
+    for view_box in workspace._compare_boxes:  # the whole render in view
+        (x0, x1), (y0, y1) = view_box.viewRange()
+        assert x0 <= 0.5 and y0 <= 0.5 and x1 >= 31.5 and y1 >= 31.5
+    workspace._yaw_slider.setValue(30)
+    assert workspace._yaw_label.text() == "Yaw +30°"
+    workspace._yaw_slider.setValue(-45)
+    assert workspace._yaw_label.text() == "Yaw -45°"
+    workspace.apply_stroke([(8.5, 8.5), (20.5, 8.5)], label=6)
+    previews = []
+    workspace._relay.report.connect(lambda report: previews.append(workspace._after_item.mapRectToParent(
+        workspace._after_item.boundingRect())) if report.preview_rgb is not None else None)
+    with qtbot.waitSignal(workspace.edit_finished, timeout=WAIT_MS):
+        workspace.run_edit()
+    qtbot.waitUntil(lambda: not workspace.is_busy(), timeout=WAIT_MS)
+    assert previews and all(rect.width() == rect.height() == 32 for rect in previews)  # 16² previews fill the view
+    assert workspace._done_label.text().startswith("Edit done in")
+    assert progress.value() == progress.minimum() and progress.format() == "Idle"
+
+
+def test_edit_shortcuts_fire_whichever_child_has_the_focus(qtbot, workspace):
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    start(qtbot, workspace)
+    workspace.activateWindow()
+    qtbot.waitUntil(lambda: workspace.isActiveWindow(), timeout=5000)
+    workspace._palette.setFocus(Qt.OtherFocusReason)  # the label list, as a click would leave it
+    qtbot.waitUntil(lambda: workspace.focusWidget() is not None)
+    focused = workspace.focusWidget()
+    size = workspace.brush_size
+    QTest.keyClick(focused, Qt.Key_BracketRight)
+    assert workspace.brush_size == size + 1
+    QTest.keyClick(focused, Qt.Key_F)
+    assert workspace.tool == "fill"
+    QTest.keyClick(focused, Qt.Key_2)
+    assert workspace._palette.current_label() == workspace._palette.label_ids[2]
+    workspace._run_button.setFocus(Qt.OtherFocusReason)
+    QTest.keyClick(workspace._run_button, Qt.Key_BracketLeft)
+    assert workspace.brush_size == size

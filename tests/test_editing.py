@@ -548,3 +548,35 @@ def test_invert_and_edit_from_the_command_line(tiny_project, tmp_path, capsys):
     summary = json.loads((tmp_path / "e1" / "result.json").read_text())
     assert summary["perceptual"] == "ms-ssim+gradients" and (tmp_path / "e1" / "after.png").is_file()
     assert main([*edit, "--mask", str(tmp_path / "edited.png"), "--out", str(tmp_path / "e1")]) == 2  # kept
+
+
+def test_constant_coarse_samples_give_the_same_loss_and_a_gradient_pointing_the_same_way(G, branch):
+    # EditSettings.coarse_gradients=False (the default) halves the backward pass: the render and
+    # the loss must not change, and the gradient must still point where the full one does.
+    start, moved = ws_of(G, 3), ws_of(G, 4)
+    before = render_view(G, branch, start, 0.0, 0.0, RES)
+    edited = paint_square(before[1], int(np.argmin(np.bincount(before[1].ravel(), minlength=NUM_CLASSES))), 5, 6, 4)
+    region = region_of_interest(before[1], edited, edited_label_ids(before[1], edited), 1)
+    results = {}
+    for coarse_gradients in (True, False):
+        settings = EditSettings(resolution=RES, coarse_gradients=coarse_gradients)
+        objective = _EditObjective(G, branch, start, 0.0, 0.0, edited, region, before[1], settings, StructuralLoss())
+        ws = moved.clone().requires_grad_(True)
+        loss, _ = objective(objective.render(ws, 0))
+        loss.backward()
+        results[coarse_gradients] = (loss.item(), ws.grad.flatten())
+    assert results[False][0] == pytest.approx(results[True][0], rel=1e-6)
+    full, partial = results[True][1], results[False][1]
+    assert not torch.equal(full, partial)  # the coarse samples' share really is left out
+    assert float(torch.nn.functional.cosine_similarity(full, partial, dim=0)) > 0.9
+
+
+def test_the_planes_mean_summed_in_place_is_bit_for_bit_the_decoders_mean():
+    from core.generator.rendering import generate_planes, sample_from_planes, sample_plane_mean
+
+    generator = torch.Generator().manual_seed(0)
+    planes = torch.randn(2, 3, 8, 16, 16, generator=generator)
+    points = torch.rand(2, 50, 3, generator=generator) - 0.5
+    axes = generate_planes()
+    features = sample_from_planes(axes, planes, points, box_warp=1.0).unbind(1)
+    assert torch.equal(sample_plane_mean(axes, planes, points, 1.0), sum(features[1:], features[0]) / 3)

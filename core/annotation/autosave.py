@@ -70,6 +70,11 @@ class AnnotationAutosaver:
             return None
         return self.project.load_annotation(annotation_id).mask
 
+    def forget(self, key: ViewKey) -> None:
+        """The view has no annotation any more (its files were set aside): its next stroke makes a new one."""
+        with self._condition:
+            self._ids.pop(key, None)
+
     # ------------------------------------------------------------------ writing
     def submit(self, key: ViewKey, mask: np.ndarray) -> None:
         """Queue the mask of a view for writing (a copy is taken: keep painting)."""

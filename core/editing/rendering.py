@@ -232,7 +232,8 @@ class PartRender:
 
 def render_part(G, ws: torch.Tensor, camera_label: torch.Tensor, crops: Crop | list[Crop],
                 extra: torch.Tensor | None = None, branch=None, backbone_samples: tuple[int, int] | None = None,
-                samples_per_ray: int | None = SAMPLES_PER_RAY, identity=None) -> PartRender:
+                samples_per_ray: int | None = SAMPLES_PER_RAY, identity=None,
+                coarse_gradients: bool = True) -> PartRender:
     """`render` restricted to the rays of `crops` (disjoint squares of one view: RGB and, with a
     branch, logits) and the rays `extra` (indices into the view's resolution² rays; RGB only),
     with autograd to ws.
@@ -245,6 +246,9 @@ def render_part(G, ws: torch.Tensor, camera_label: torch.Tensor, crops: Crop | l
     resolution is the image's (`supports_parts`). `backbone_samples` = (coarse, importance)
     samples per ray instead of the backbone's own, for cheaper optimisation steps. `identity`:
     `G.synthesize(ws)` when the caller has it (with autograd, for its own terms).
+    `coarse_gradients=False`: the backbone's coarse samples enter the composite as constants, only
+    the importance samples (where a ray's weight is) pass gradients: the same render, about half
+    the backward pass (`EditSettings.coarse_gradients`).
     """
     crops = [crops] if isinstance(crops, Crop) else list(crops)
     resolution = crops[0].resolution
@@ -257,7 +261,9 @@ def render_part(G, ws: torch.Tensor, camera_label: torch.Tensor, crops: Crop | l
     index = torch.cat([crop.indices() for crop in crops] + [extra.cpu()]).to(ws.device)
     origins, directions = _rays(G, camera_label, resolution)
     origins, directions = origins[:, index], directions[:, index]
-    options = G._rendering_options(backbone_samples)  # the checkpoint's, or these sample counts
+    # The checkpoint's sample counts, or these; RGB alone is decoded (nothing here reads the other
+    # colour features), and coarse_gradients=False makes the coarse samples constants.
+    options = dict(G._rendering_options(backbone_samples), colour_channels=3, coarse_gradients=coarse_gradients)
     rendered = G.renderer(identity.planes, G.decoder, origins, directions, options, deterministic=True,
                           return_samples=True,
                           max_rays_per_chunk=CPU_RAY_CHUNK if identity.planes.device.type == "cpu" else None)

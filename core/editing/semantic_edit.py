@@ -64,6 +64,11 @@ class EditSettings:
     # on the shipped default a removed ear was gone at those samples and back in the final render.
     backbone_samples: tuple[int, int] | None = None
     semantic_samples: int | None = SAMPLES_PER_RAY  # the branch's points per ray (density prior)
+    # Gradients through the backbone's coarse samples too (as EG3D trains). False: they enter each
+    # step's composite as constants and only the importance samples, which sit where a ray's
+    # weight is, pass gradients: the render is the same, the backward pass about half as long,
+    # and the scripted edits' figures equal to two decimals (docs/editing.md, "Speed").
+    coarse_gradients: bool = False
     learning_rate: float = 0.06  # of the w+ offset, in units of the spread of w (Adam moves every coordinate ~lr per step)
     final_learning_rate: float | None = None  # cosine decay to this by the last step; None: constant
     # Stop when the loss has not fallen below its best by IMPROVEMENT (relative) for this many
@@ -345,7 +350,7 @@ class _EditObjective:
             return _StepRender(part, self.beyond_crops[:0], identity.planes, step)
         rays = self.outside_rays(step) if rays is None else rays
         part = render_part(self.G, ws, self.camera, self.crops, rays, self.branch, self.backbone_samples,
-                           settings.semantic_samples, identity)
+                           settings.semantic_samples, identity, settings.coarse_gradients)
         return _StepRender(part, rays, identity.planes, step)
 
     def __call__(self, rendered: "_StepRender"):

@@ -85,7 +85,10 @@ class OSGDecoder(torch.nn.Module):
         # The three planes' mean, summed plane by plane: bit for bit mean(1), without the strided
         # reduction mean(1) runs over grid_sample's layout (3x slower on a CPU).
         planes = sampled_features.unbind(1)
-        x = sum(planes[1:], planes[0]) / len(planes)
+        return self.decode_mean(sum(planes[1:], planes[0]) / len(planes), ray_directions, colour_channels)
+
+    def decode_mean(self, x: torch.Tensor, ray_directions: torch.Tensor, colour_channels: int | None = None) -> dict:
+        """`forward` from the planes' mean features (N, M, C) (`rendering.sample_plane_mean`)."""
         n, m, c = x.shape
         x = x.reshape(n * m, c)
         if colour_channels is None:

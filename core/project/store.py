@@ -41,6 +41,7 @@ PROJECT_FILE = "project.json"
 PROJECT_FORMAT = "datasetnerf-studio-project"
 PROJECT_FORMAT_VERSION = 1
 ANNOTATIONS_DIR = "annotations"
+SET_ASIDE_DIR = "set-aside"  # under annotations/: damaged annotations moved out of the way, never deleted
 
 _ANNOTATION_STEM = re.compile(r"^\d{4,}$")
 
@@ -271,6 +272,56 @@ class Project:
                 raise AnnotationNotFoundError(json_path, "no such annotation")
             json_path.unlink(missing_ok=True)  # first, so a crash never leaves a mask-less entry
             png_path.unlink(missing_ok=True)
+
+    def repair_annotation(self, annotation_id: int) -> str:
+        """Make a damaged annotation whose mask still reads load again; returns what was done.
+
+        Label ids outside the label set become background (0); a mask of another size than its
+        JSON records is resized (nearest) to it; the pixel counts are recomputed. A PNG or JSON
+        that does not read, or a mask painted on another backbone, cannot be repaired
+        (CorruptAnnotationError / ForeignAnnotationError: set it aside instead)."""
+        with self._write_mutex:
+            self._require_writable()
+            png_path, json_path = self.annotation_paths(annotation_id)
+            meta = self._read_meta(annotation_id)
+            self._check_backbone(meta, json_path)
+            self._check_identity_file(meta, json_path)
+            mask, done = self._read_mask(png_path), []
+            if mask.shape != meta.resolution:
+                import cv2
+
+                done.append(f"resized the mask from {_size(mask.shape)} to {_size(meta.resolution)}")
+                mask = cv2.resize(mask, meta.resolution[::-1], interpolation=cv2.INTER_NEAREST)
+            unknown = ~self.label_set.id_lookup()[mask]
+            if unknown.any():
+                done.append(f"painted {int(unknown.sum())} pixels of unknown label ids "
+                            f"{np.unique(mask[unknown]).tolist()} as background")
+                mask = np.where(unknown, 0, mask).astype(np.uint8)
+            if not done:
+                return "nothing to repair: the annotation loads"
+            meta = replace(meta, modified=utc_now(), label_set_version=self.label_set.version,
+                           pixel_counts=pixel_counts(mask))
+            self._write_png(png_path, mask)
+            atomic_write_json(json_path, meta.to_json())
+            return "; ".join(done)
+
+    def set_aside_annotation(self, annotation_id: int) -> Path:
+        """Move an annotation's files (whatever of them exists) to annotations/set-aside/, where
+        nothing reads them and nothing is lost; returns that folder. The JSON goes first, as
+        delete_annotation removes it first: a crash between the two leaves an orphan PNG, which
+        the next writable open removes from annotations/ (the set-aside copy stays)."""
+        with self._write_mutex:
+            self._require_writable()
+            png_path, json_path = self.annotation_paths(annotation_id)
+            if not png_path.exists() and not json_path.exists():
+                raise AnnotationNotFoundError(json_path, "no such annotation")
+            folder = self.folder / ANNOTATIONS_DIR / SET_ASIDE_DIR
+            folder.mkdir(exist_ok=True)
+            stamp = utc_now().replace(":", "").replace("-", "")
+            for path in (json_path, png_path):
+                if path.exists():
+                    path.replace(folder / f"{path.stem}-{stamp}{path.suffix}")
+            return folder
 
     # ============================================================ annotations: reading
     def load_annotation(self, annotation_id: int) -> Annotation:
