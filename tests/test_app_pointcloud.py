@@ -119,7 +119,7 @@ XVFB_SCRIPT = r"""
 import sys, time
 sys.path.insert(0, {repo!r})
 import numpy as np
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QWidget
 app = QApplication(["studio"])
 from app.pointcloud import PointCloudPanel
 from core.factory.pointcloud import PointCloud
@@ -129,6 +129,10 @@ panel.show()
 for _ in range(10):
     app.processEvents(); time.sleep(0.02)
 assert panel.scene is not None, "no GL canvas under X"
+canvases = [w for w in panel.findChildren(QWidget) if hasattr(w, "_vispy_canvas")]
+# One canvas, the one laid out and visible, is the one the cloud is drawn on (a nested showEvent
+# once made a second: the laid-out one stayed empty, the cloud went to a hidden one).
+assert canvases == [panel.scene.canvas.native] and canvases[0].isVisible(), canvases
 points = np.random.default_rng(0).uniform(-0.3, 0.3, (400, 3)).astype(np.float32)
 panel.palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)
 panel.show_cloud(PointCloud(points, np.full((400, 3), 200), (points[:, 0] > 0) + 1), (1, 1.0))
