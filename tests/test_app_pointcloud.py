@@ -7,7 +7,8 @@ import os
 
 import numpy as np
 import pytest
-from app_support import backbone, project, gui_thread_garbage_collection, save_tiny_branch  # noqa: F401
+from app_support import (backbone, project, gui_thread_garbage_collection, save_tiny_branch,  # noqa: F401
+                         window_tests_unavailable)
 
 from app.orbit import OrbitWorkspace
 from app.pointcloud import CLOUD_VIEWS, CloudScene
@@ -147,6 +148,7 @@ panel.close()
 """
 
 
+@pytest.mark.window
 def test_the_studio_canvas_draws_under_a_real_x_display(tmp_path):
     """The Qt-hosted vispy canvas itself (not the EGL stand-in), where Xvfb is installed."""
     import shutil
@@ -155,14 +157,14 @@ def test_the_studio_canvas_draws_under_a_real_x_display(tmp_path):
     from pathlib import Path
 
     if shutil.which("xvfb-run") is None:
-        pytest.skip("no xvfb-run: the Qt GL canvas needs an X display (the EGL test checks the drawing)")
+        window_tests_unavailable("no xvfb-run: the Qt GL canvas needs an X display (the EGL test checks the drawing)")
     script = tmp_path / "canvas.py"
     script.write_text(XVFB_SCRIPT.format(repo=str(Path(__file__).resolve().parent.parent)))
     env = {key: value for key, value in os.environ.items() if key != "QT_QPA_PLATFORM"}
     run = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1024x768x24", sys.executable, str(script)],
                          capture_output=True, text=True, timeout=120, env=env)
     if "could not connect to display" in run.stderr or "xcb" in run.stderr and "platform plugin" in run.stderr:
-        pytest.skip(f"Qt cannot use the X display here: {run.stderr.strip()[-300:]}")
+        window_tests_unavailable(f"Qt cannot use the X display here: {run.stderr.strip()[-300:]}")
     assert run.returncode == 0, run.stderr[-2000:]
     red, green = (int(v) for v in run.stdout.split("drawn")[1].split())
     assert red == 0 and green > 100  # class 1 hidden, class 2 drawn
