@@ -74,9 +74,10 @@ class Walkthrough:
         picture = screen.grabWindow(0, origin.x(), origin.y(), widget.width(), widget.height())
         picture.save(str(self.out / f"{name}.png"))
         self.parts[name] = {}
-        for part, child in parts.items():
-            corner = child.mapTo(widget, QPoint(0, 0))
-            self.parts[name][part] = [corner.x(), corner.y(), child.width(), child.height()]
+        for part, child in parts.items():  # a widget, or (widget, QRect inside it)
+            child, inner = child if isinstance(child, tuple) else (child, child.rect())
+            corner = child.mapTo(widget, inner.topLeft())
+            self.parts[name][part] = [corner.x(), corner.y(), inner.width(), inner.height()]
 
 
 def _backbone(spec: str):
@@ -180,15 +181,23 @@ def _orbit_frame(walk: Walkthrough, seed: int, mode: str) -> None:
                                                  "render_s": orbit.last_frame.seconds}
 
 
+def _orbit_parts(orbit) -> dict:
+    """Orbit's canvas and, inside it, the frame's own square (the image item, in widget pixels)."""
+    from PySide6.QtCore import QRectF
+
+    square = orbit.view_box.mapViewToDevice(QRectF(0, 0, 1, 1)).boundingRect().toRect()
+    return {"canvas": orbit.canvas, "frame": (orbit.canvas, square)}
+
+
 def _orbit(walk: Walkthrough, seed: int) -> None:
     has_branch = walk.window.branch_state.branch is not None
     _orbit_frame(walk, seed, "Blend" if has_branch else "RGB")
-    walk.grab("orbit", frame=walk.window.orbit.canvas)
+    walk.grab("orbit", **_orbit_parts(walk.window.orbit))
 
 
 def _depth(walk: Walkthrough, seed: int) -> None:
     _orbit_frame(walk, seed, "Depth")
-    walk.grab("depth", frame=walk.window.orbit.canvas)
+    walk.grab("depth", **_orbit_parts(walk.window.orbit))
 
 
 def _pointcloud(walk: Walkthrough, seed: int) -> None:

@@ -4,7 +4,7 @@ Offscreen widget tests miss what only a live window shows (issue 23: the point c
 nothing on screen while its offscreen test passed). One walkthrough (docs/screenshots.py, the
 script behind the README's pictures) runs the studio on the embedded default backbone with a
 random semantic branch: Orbit in Blend and Depth, Fuse in the Point cloud tab, a one-step edit.
-The tests check the grabbed pixels of each part.
+The tests check the grabbed pixels of each part (each would have caught a bug of issue 23).
 
     python -m pytest -m window        # these alone
 
@@ -91,3 +91,13 @@ def test_the_edit_previews_show_before_and_after(walkthrough):
         preview = part(walkthrough, "editing_workspace", side)
         assert drawn(preview).mean() > 0.1, f"the {side} preview is empty"
         assert preview[drawn(preview)].std() > 10
+
+
+def test_the_depth_view_shows_empty_space_as_empty(walkthrough):
+    frame = part(walkthrough, "depth", "frame")  # the frame's own square, not the canvas around it
+    height, width = frame.shape[:2]
+    assert abs(height - width) <= 2 and height > 300, frame.shape
+    corners = np.concatenate([frame[:height // 8, :width // 8].reshape(-1, 3), frame[:height // 8, -width // 8:].reshape(-1, 3)])
+    assert not drawn(corners).any(), "empty space around the head is drawn (depth noise)"
+    centre = frame[height // 3: 2 * height // 3, width // 3: 2 * width // 3]
+    assert drawn(centre).mean() > 0.9 and len(np.unique(centre // 32, axis=0)) >= 3  # the head, colour-mapped
