@@ -80,12 +80,6 @@ class Walkthrough:
             self.parts[name][part] = [corner.x(), corner.y(), inner.width(), inner.height()]
 
 
-def _backbone(spec: str):
-    from core.backbone import load_backbone
-
-    return load_backbone(spec)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="default", help="'default' or a backbone file")
@@ -114,11 +108,12 @@ def main() -> None:
     # A message box would wait for a click that never comes: print it and carry on.
     QMessageBox.critical = lambda parent, title, text, *rest, **options: print(f"{title}: {text}")
     from app.main_window import MainWindow
+    from core.backbone import load_backbone
     from core.procedural import seeds_for
     from core.project import BackboneRef, Project, default_label_set
     from core.project.simulate import simulate_annotations
 
-    backbone = _backbone(args.backbone)
+    backbone = load_backbone(args.backbone)
     folder = Path(tempfile.mkdtemp()) / "cat-heads"
     reference = BackboneRef.for_backbone(backbone, args.backbone, folder)
     project = Project.create(folder, reference, default_label_set(), {"annotation_resolution": 128})
@@ -141,9 +136,11 @@ def main() -> None:
     window.use_session(backbone, project)
     walk = Walkthrough(app, window, args)
     walk.wait(lambda: window.windowHandle() is not None and window.windowHandle().isExposed(), 30, "the window")
-    for name in PICTURES:
+    steps = {"annotate": _annotate, "orbit": _orbit, "depth": _depth, "pointcloud": _pointcloud, "edit": _edit,
+             "train": _train, "generate": _generate}
+    for name in PICTURES:  # in the walkthrough's order, whatever the order of --only
         if name in wanted:
-            globals()[f"_{name}"](walk, seed)
+            steps[name](walk, seed)
     (args.out / "walkthrough.json").write_text(json.dumps({"parts": walk.parts, "facts": walk.facts}, indent=1))
     window.close()
     print("wrote", *(str(args.out / f"{name}.png") for name in walk.parts))
