@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem
                                QSlider, QVBoxLayout, QWidget)
 
 from app.rendering import ALPHA_THRESHOLD, fuse_cloud
-from app.widgets import colour_icon, placeholder
+from app.widgets import CANVAS_BACKGROUND, colour_icon, placeholder
 from core.factory.pointcloud import PointCloud
 from app.workers import run_in_background
 
@@ -228,7 +228,7 @@ class PointCloudPanel(QWidget):
         """The GL canvas, made when the tab is first shown: importing vispy costs start-up time."""
         from vispy import scene
 
-        canvas = scene.SceneCanvas(keys=None, app="pyside6", bgcolor="#202124", parent=self)
+        canvas = scene.SceneCanvas(keys=None, app="pyside6", bgcolor=np.array(CANVAS_BACKGROUND) / 255, parent=self)
         self.scene = CloudScene(canvas)
         self._canvas_slot.replaceWidget(self._canvas_note, canvas.native)
         canvas.native.show()

@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 from app_support import window_tests_unavailable
 
+from app.widgets import CANVAS_BACKGROUND
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.window, pytest.mark.slow]
-BACKGROUND = np.array([0x20, 0x21, 0x24])  # the canvases' and image views' dark grey (app.widgets)
+BACKGROUND = np.array(CANVAS_BACKGROUND)  # behind the point cloud and every image view
 
 
 @pytest.fixture(scope="module")
