@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (QButtonGroup, QFormLayout, QGridLayout, QGroupBox
 from app.pointcloud import PointCloudPanel
 from app.rendering import Frame, ViewRequest
 from app.semantic import BranchState, blend_labels, colour_labels, load_project_branch
-from app.widgets import LabelLegend, image_view_widget, placeholder
+from app.widgets import CANVAS_BACKGROUND, LabelLegend, image_view_widget, placeholder
 from app.workers import RenderClient
 from core.camera import DEFAULT_FOV_DEG
 
@@ -31,6 +31,29 @@ ARROW_STEP_DEG = 5.0
 ZOOM_STEP = 0.9  # field-of-view factor per wheel notch
 MODES = ("RGB", "Depth", "Labels", "Blend")
 LABEL_MODES = ("Labels", "Blend")
+# Depth mode: viridis (perceptually even, readable where grey levels are not) from far (purple)
+# to near (yellow); its darkest colour still stands apart from the canvas background.
+DEPTH_COLOURS = pg.colormap.get("viridis").getLookupTable(nPts=256).astype(np.float32)
+SURFACE_OPACITY = 0.5  # rays at least this opaque set the colour range (as the factory's alpha threshold)
+
+
+def depth_picture(depth: np.ndarray, opacity: np.ndarray | None) -> np.ndarray:
+    """(h, w, 3) uint8: `depth` (uint8, near = 255) through DEPTH_COLOURS, faded into the canvas
+    background by each ray's `opacity`, so empty space shows as empty (its expected depth is noise).
+
+    The colours span the 2nd-98th percentile of the surface's depths: the head fills only about a
+    third of the frame's fixed ray range, which in one colour ramp would show it in a few greens.
+    A percentile range moves little while orbiting (unlike a min/max with empty rays in it)."""
+    values = depth.astype(np.float32)
+    surface = values[opacity >= SURFACE_OPACITY] if opacity is not None else values.ravel()
+    if surface.size >= 16:
+        far, near = np.percentile(surface, [2, 98])
+        values = (values - far) * 255.0 / max(near - far, 1.0)
+    colours = DEPTH_COLOURS[np.clip(np.round(values), 0, 255).astype(np.uint8)]
+    if opacity is not None:
+        alpha = np.clip(opacity, 0.0, 1.0)[..., None]
+        colours = alpha * colours + (1.0 - alpha) * np.asarray(CANVAS_BACKGROUND, np.float32)
+    return np.round(colours).astype(np.uint8)
 
 
 class OrbitViewBox(pg.ViewBox):
@@ -201,7 +224,7 @@ class OrbitWorkspace(QWidget):
     def _picture(self, frame: Frame) -> np.ndarray:
         """What the current mode shows of a frame (RGB until a frame with labels arrives)."""
         if self.mode == "Depth":
-            return frame.depth
+            return depth_picture(frame.depth, frame.opacity)
         if self.mode == "Labels" and frame.labels is not None:
             return colour_labels(frame.labels, self._palette)
         if self.mode == "Blend" and frame.labels is not None:

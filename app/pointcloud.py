@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem
                                QSlider, QVBoxLayout, QWidget)
 
 from app.rendering import ALPHA_THRESHOLD, fuse_cloud
-from app.widgets import colour_icon, placeholder
+from app.widgets import CANVAS_BACKGROUND, colour_icon, placeholder
 from core.factory.pointcloud import PointCloud
 from app.workers import run_in_background
 
@@ -118,6 +118,7 @@ class PointCloudPanel(QWidget):
         self.colour_by = "labels"
         self.alpha_threshold = ALPHA_THRESHOLD  # a pixel becomes a point where the head is this opaque
         self.scene: CloudScene | None = None
+        self._making_canvas = False
         self._tasks: set = set()
         self._build()
 
@@ -213,16 +214,24 @@ class PointCloudPanel(QWidget):
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
-        if self.scene is None and gl_unavailable_reason() is None:
-            self._make_canvas()
+        if self.scene is None and not self._making_canvas and gl_unavailable_reason() is None:
+            # Creating the GL widget inside this panel makes the panel a native window, which Qt
+            # shows again from inside the constructor: without the guard that nested showEvent
+            # made a second canvas, the one laid out, while the cloud went to the hidden first.
+            self._making_canvas = True
+            try:
+                self._make_canvas()
+            finally:
+                self._making_canvas = False
 
     def _make_canvas(self) -> None:
         """The GL canvas, made when the tab is first shown: importing vispy costs start-up time."""
         from vispy import scene
 
-        canvas = scene.SceneCanvas(keys=None, app="pyside6", bgcolor="#202124", parent=self)
+        canvas = scene.SceneCanvas(keys=None, app="pyside6", bgcolor=np.array(CANVAS_BACKGROUND) / 255, parent=self)
         self.scene = CloudScene(canvas)
         self._canvas_slot.replaceWidget(self._canvas_note, canvas.native)
+        canvas.native.show()
         self._canvas_note.deleteLater()
         if self.cloud is not None:
             self.scene.set_cloud(self.cloud, self.palette)

@@ -77,6 +77,9 @@ class Frame:
     depth: np.ndarray  # (h, w) uint8 at the neural resolution, near = white
     seconds: float
     labels: np.ndarray | None = None  # (H', W') uint8 label ids, when asked for and a branch exists
+    # (h, w) float32 in [0, 1]: each ray's accumulated weight. A ray through empty space has
+    # none, and its expected depth is only what the marcher's clamp leaves (noise), not a surface.
+    opacity: np.ndarray | None = None
 
 
 def shows_on_grey(backbone) -> bool:
@@ -103,7 +106,7 @@ def render_frame(backbone, request: ViewRequest, request_id: int = 0, coarse: bo
             view = _render_skipping_empty_space(backbone, identity, camera, request.neural_resolution)
         else:
             view = backbone.render(identity, camera, request.neural_resolution, deterministic=True,
-                                   return_samples=want_labels or grey, samples_per_ray=request.samples_per_ray)
+                                   return_samples=True, samples_per_ray=request.samples_per_ray)  # for the opacity
         image = image_as_shown(backbone.generator, view)
         labels = None
         if want_labels:
@@ -111,7 +114,9 @@ def render_frame(backbone, request: ViewRequest, request_id: int = 0, coarse: bo
     kwargs = backbone.rendering_kwargs
     # A fixed depth range keeps the grey levels steady while orbiting (per-frame min/max flickers).
     depth = depth_to_uint8(view.depth[0], kwargs.get("ray_start"), kwargs.get("ray_end"))
-    return Frame(request, request_id, coarse, rgb_to_uint8(image), depth, time.perf_counter() - start, labels)
+    opacity = view.opacity()[0, 0].clamp(0, 1).float().cpu().numpy()
+    return Frame(request, request_id, coarse, rgb_to_uint8(image), depth, time.perf_counter() - start, labels,
+                 opacity)
 
 
 def _render_skipping_empty_space(backbone, identity, camera, neural_resolution):

@@ -32,10 +32,13 @@ def label_lut(label_set: LabelSet, show_background: bool = False) -> np.ndarray:
     return lut
 
 
+CANVAS_BACKGROUND = (0x20, 0x21, 0x24)  # the dark grey behind every picture (and the point cloud)
+
+
 def image_view_widget(view_box: pg.ViewBox) -> pg.GraphicsLayoutWidget:
     """A borderless pyqtgraph canvas showing one ViewBox, y pointing down like an image."""
     canvas = pg.GraphicsLayoutWidget()
-    canvas.setBackground("#202124")
+    canvas.setBackground(QColor(*CANVAS_BACKGROUND))
     canvas.ci.setContentsMargins(0, 0, 0, 0)
     view_box.setAspectLocked(True)
     view_box.invertY(True)

@@ -32,6 +32,10 @@ from core.downstream.testsets import individual_test_set  # noqa: E402
 from core.procedural import NUM_CLASSES  # noqa: E402
 
 
+# tests/test_benchmarks.py runs this benchmark at a tiny size: (arguments, a line the output must match).
+SMOKE_RUNS = [(["--resolution", "32", "--repeats", "1"], r"pointnet step +[\d.]+ ms wall")]
+
+
 def timed_ms(fn, repeats: int) -> tuple[float, float]:
     fn()
     walls, cpus = [], []

@@ -40,6 +40,11 @@ from core.procedural import NUM_CLASSES, seeds_for  # noqa: E402
 from core.semantic import SemanticBranch, latest_checkpoint, load_branch  # noqa: E402
 
 
+# tests/test_benchmarks.py runs this benchmark at a tiny size: (arguments, a line the output must match).
+SMOKE_RUNS = [(["--edits", "1", "--kinds", "enlarge the eyes", "--steps", "1", "--threads", "1"],
+               r"all: median [\d.]+ s per edit")]
+
+
 def _optional_int(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
 

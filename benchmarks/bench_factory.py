@@ -36,6 +36,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
+# tests/test_benchmarks.py runs this benchmark at a tiny size: (arguments, a line the output must match).
+SMOKE_RUNS = [(["--identities", "2", "--views", "1", "--size", "32", "--workers", "1", "--threads", "1"],
+               r"with point clouds: +[\d.]+ samples/s")]
+
+
 def cpu_seconds() -> float:
     """This process's CPU time and that of its finished worker processes."""
     times = os.times()

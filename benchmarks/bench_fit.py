@@ -37,6 +37,12 @@ SIGNALS = {
 }
 
 
+# tests/test_benchmarks.py runs this benchmark at a tiny size: (arguments, a line the output must match).
+SMOKE_RUNS = [(["--steps", "1", "--views", "1", "--threads", "1"], r"training step .*: [\d.]+ s/step"),
+              (["--compare-signals", "--fit-steps", "1", "--identities", "1", "--eval-views", "1", "--threads", "1"],
+               r"dB per CPU minute, rays \+ 3D points / rays only: ")]
+
+
 def time_training_steps(device: str, steps: int) -> tuple[float, float]:
     """(seconds per step including batch rendering, seconds for the batch alone)."""
     settings = FitSettings()

@@ -23,6 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.backbone import load_backbone, pick_device, random_backbone  # noqa: E402
 
 
+# tests/test_benchmarks.py runs this benchmark at a tiny size: (arguments, a line the output must match).
+SMOKE_RUNS = [(["--backbone", "default", "--resolutions", "32", "--repeats", "1"],
+               r"render \(neural image only\) at 32x32 neural: \d+ ms per view")]
+
+
 def _rss_mib(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):

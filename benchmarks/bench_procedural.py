@@ -1,6 +1,6 @@
 """Time procedural renders (all buffers) at 64^2, 128^2 and 256^2.  Not a test.
 
-    python benchmarks/bench_procedural.py [--repeats 7] [--threads N]
+    python benchmarks/bench_procedural.py [--repeats 7] [--threads N] [--resolutions 64,128,256]
 
 Prints the median and best time per render, and separately the time of
 core.camera.ray_bundle (torch) so that a slow machine can be told apart from a slow tracer.
@@ -12,13 +12,20 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.camera import Camera, ray_bundle, split_label
 from core.procedural import HeadParams, ProceduralHead
 from core.procedural.renderer import camera_rays
+
+
+# tests/test_benchmarks.py runs this benchmark at a tiny size: (arguments, a line the output must match).
+SMOKE_RUNS = [(["--repeats", "1", "--threads", "1", "--resolutions", "32"], r"32\^2 +[\d.]+ +[\d.]+")]
 
 
 def time_call(function) -> float:
@@ -44,6 +51,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--resolutions", default="64,128,256", help="comma-separated render resolutions")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -51,7 +59,7 @@ def main():
           f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     camera_rays(Camera().label(), 32)  # warm up torch and numpy
     print(f"{'resolution':>10} {'median s':>9} {'best s':>8} {'ray_bundle s':>16}")
-    for resolution in (64, 128, 256):
+    for resolution in [int(r) for r in args.resolutions.split(",")]:
         result = bench_resolution(resolution, args.repeats)
         print(f"{resolution:>8}^2 {result['median']:>9.3f} {result['best']:>8.3f} {result['rays']:>16.3f}")
 

@@ -47,6 +47,11 @@ from core.semantic.rendering import MIN_SAMPLE_WEIGHT, SAMPLES_PER_RAY, render_s
 from core.semantic.training import AnnotatedView, TrainingSettings, prepare_views, training_step  # noqa: E402
 
 
+# tests/test_benchmarks.py runs this benchmark at a tiny size: (arguments, a line the output must match).
+SMOKE_RUNS = [(["--resolution", "32", "--repeats", "1", "--threads", "1"],
+               r"labels for a new view of a cached identity: [\d.]+ s wall")]
+
+
 def default_sized_generator() -> TriPlaneGenerator:
     """The embedded default's configuration (plane 128, neural 128, no SR), random weights."""
     try:

@@ -140,7 +140,37 @@ def test_orbit_drag_zoom_seed_and_depth_with_a_real_backbone(orbit, qtbot):
     orbit.set_seed(7)
     qtbot.waitUntil(lambda: orbit.last_frame.request.seed == 7, timeout=20000)
     orbit.set_mode("Depth")
-    assert orbit._image_item.image.ndim == 2
+    assert orbit._image_item.image.shape[2] == 3  # colour-mapped (depth_picture, below)
+
+
+def test_depth_shows_empty_space_as_the_background_and_near_brighter_than_far():
+    from app.orbit import depth_picture
+    from app.widgets import CANVAS_BACKGROUND
+
+    depth = np.array([[255, 0], [255, 128]], np.uint8)
+    opacity = np.array([[1.0, 1.0], [0.0, 0.5]], np.float32)
+    picture = depth_picture(depth, opacity).astype(int)
+    assert picture.shape == (2, 2, 3)
+    assert picture[1, 0].tolist() == list(CANVAS_BACKGROUND)  # no opacity: empty, whatever its depth says
+    assert picture[0, 0].sum() > picture[0, 1].sum() + 200  # near is bright, far dark
+    assert np.abs(picture[0, 1] - CANVAS_BACKGROUND).max() > 40  # far but opaque still stands out
+
+
+def test_depth_frame_of_the_default_backbone_is_empty_around_the_head():
+    """The issue's picture: noisy bands and a white block where no head is. A frame's opacity
+    masks them: the corners of a real frame are background, the middle is the head."""
+    from app.orbit import depth_picture
+    from app.rendering import render_frame
+    from app.widgets import CANVAS_BACKGROUND
+    from core.backbone import load_backbone
+
+    frame = render_frame(load_backbone("default"), ViewRequest(seed=0, yaw=24.0, pitch=8.0, neural_resolution=64))
+    assert frame.opacity.shape == frame.depth.shape == (64, 64)
+    picture = depth_picture(frame.depth, frame.opacity).astype(int)
+    off = np.abs(picture - np.array(CANVAS_BACKGROUND)).max(-1)
+    corners = np.concatenate([off[:8, :8].ravel(), off[:8, -8:].ravel()])
+    assert corners.max() <= 6, corners.max()
+    assert (off[24:40, 24:40] > 40).all()  # the head, colour-mapped
 
 
 def test_semantic_modes_without_a_project_are_disabled_and_say_why(orbit):

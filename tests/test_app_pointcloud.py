@@ -7,7 +7,8 @@ import os
 
 import numpy as np
 import pytest
-from app_support import backbone, project, gui_thread_garbage_collection, save_tiny_branch  # noqa: F401
+from app_support import (backbone, project, gui_thread_garbage_collection, save_tiny_branch,  # noqa: F401
+                         window_tests_unavailable)
 
 from app.orbit import OrbitWorkspace
 from app.pointcloud import CLOUD_VIEWS, CloudScene
@@ -119,7 +120,7 @@ XVFB_SCRIPT = r"""
 import sys, time
 sys.path.insert(0, {repo!r})
 import numpy as np
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QWidget
 app = QApplication(["studio"])
 from app.pointcloud import PointCloudPanel
 from core.factory.pointcloud import PointCloud
@@ -129,6 +130,10 @@ panel.show()
 for _ in range(10):
     app.processEvents(); time.sleep(0.02)
 assert panel.scene is not None, "no GL canvas under X"
+canvases = [w for w in panel.findChildren(QWidget) if hasattr(w, "_vispy_canvas")]
+# One canvas, the one laid out and visible, is the one the cloud is drawn on (a nested showEvent
+# once made a second: the laid-out one stayed empty, the cloud went to a hidden one).
+assert canvases == [panel.scene.canvas.native] and canvases[0].isVisible(), canvases
 points = np.random.default_rng(0).uniform(-0.3, 0.3, (400, 3)).astype(np.float32)
 panel.palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)
 panel.show_cloud(PointCloud(points, np.full((400, 3), 200), (points[:, 0] > 0) + 1), (1, 1.0))
@@ -143,6 +148,7 @@ panel.close()
 """
 
 
+@pytest.mark.window
 def test_the_studio_canvas_draws_under_a_real_x_display(tmp_path):
     """The Qt-hosted vispy canvas itself (not the EGL stand-in), where Xvfb is installed."""
     import shutil
@@ -151,14 +157,14 @@ def test_the_studio_canvas_draws_under_a_real_x_display(tmp_path):
     from pathlib import Path
 
     if shutil.which("xvfb-run") is None:
-        pytest.skip("no xvfb-run: the Qt GL canvas needs an X display (the EGL test checks the drawing)")
+        window_tests_unavailable("no xvfb-run: the Qt GL canvas needs an X display (the EGL test checks the drawing)")
     script = tmp_path / "canvas.py"
     script.write_text(XVFB_SCRIPT.format(repo=str(Path(__file__).resolve().parent.parent)))
     env = {key: value for key, value in os.environ.items() if key != "QT_QPA_PLATFORM"}
     run = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1024x768x24", sys.executable, str(script)],
                          capture_output=True, text=True, timeout=120, env=env)
     if "could not connect to display" in run.stderr or "xcb" in run.stderr and "platform plugin" in run.stderr:
-        pytest.skip(f"Qt cannot use the X display here: {run.stderr.strip()[-300:]}")
+        window_tests_unavailable(f"Qt cannot use the X display here: {run.stderr.strip()[-300:]}")
     assert run.returncode == 0, run.stderr[-2000:]
     red, green = (int(v) for v in run.stdout.split("drawn")[1].split())
     assert red == 0 and green > 100  # class 1 hidden, class 2 drawn
