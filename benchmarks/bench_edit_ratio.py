@@ -31,6 +31,11 @@ EDIT_LINE = re.compile(r"^seed \d+, (?P<kind>[^:]+): (?P<seconds>[\d.]+) s per e
                        r"IoU inside r [\d.]+ → (?P<iou>[\d.]+), PSNR outside r (?P<psnr>[\d.]+) dB", re.M)
 
 
+# tests/test_benchmarks.py runs this at a tiny size: HEAD against itself (any clone has it), one step.
+SMOKE_RUNS = [(["--baseline", "HEAD", "--rounds", "1", "--kinds", "remove the left ear", "--steps", "1",
+                "--threads", "1"], r"all: median baseline [\d.]+ s")]
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -52,6 +57,8 @@ def run_once(tree: Path, kind: str, args) -> dict:
                "--kinds", kind]
     if args.project:
         command += ["--project", str(args.project)]
+    if args.steps:
+        command += ["--steps", str(args.steps)]
     environment = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")  # as main.py sets it
     done = subprocess.run(command, cwd=tree, env=environment, capture_output=True, text=True)
     match = EDIT_LINE.search(done.stdout)
@@ -68,6 +75,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated scripted edits")
+    parser.add_argument("--steps", type=int, help="optimisation steps per edit (default: the edit's own)")
     args = parser.parse_args()
     if args.project:
         args.project = args.project.resolve()

@@ -22,10 +22,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_edit_ratio import KINDS, cpu_model  # noqa: E402
 
+# tests/test_benchmarks.py runs this at a tiny size: a throw-away project, an untrained branch, one step.
+SMOKE_RUNS = [(["--rounds", "1", "--kinds", "remove the left ear", "--steps", "1", "--threads", "1"],
+               r"window / headless: median [\d.]+")]
+
+
+def throw_away_project(folder: Path) -> Path:
+    """A project on the embedded default with an untrained semantic branch (timing only)."""
+    import torch
+
+    from core.procedural import NUM_CLASSES
+    from core.project import BackboneRef, Project, default_label_set
+    from core.semantic import SemanticBranch, save_branch
+    from core.semantic.checkpoint import checkpoint_name
+
+    with Project.create(folder, BackboneRef.for_file("default"), default_label_set()) as project:
+        backbone = project.load_backbone()
+    torch.manual_seed(0)
+    branch = SemanticBranch.for_generator(backbone.generator, NUM_CLASSES)
+    save_branch(branch, folder / "semantic" / checkpoint_name(0), backbone.content_hash, step=0)
+    return folder
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--project", type=Path, required=True, help="project with a trained semantic branch")
+    parser.add_argument("--project", type=Path, help="project with a trained semantic branch "
+                        "(default: a throw-away one with an untrained branch, timing only)")
+    parser.add_argument("--steps", type=int, help="optimisation steps per edit (default: the edit's own)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--kinds", default=",".join(KINDS))
@@ -45,9 +68,18 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     app = QApplication.instance() or QApplication([])
+    if args.project is None:
+        import tempfile
+
+        scratch = tempfile.TemporaryDirectory(prefix="edit-window-")
+        args.project = throw_away_project(Path(scratch.name) / "project")
     project = Project.open(args.project)  # read-only: nothing is written
     backbone = project.load_backbone()
     workspace = EditWorkspace()
+    if args.steps:
+        from dataclasses import replace
+
+        workspace.edit_settings = replace(workspace.edit_settings, steps=args.steps)
     workspace.set_session(backbone, project)
     state = load_project_branch(project, backbone)
     workspace.set_semantic_branch(state)
