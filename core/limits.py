@@ -9,6 +9,7 @@ so the error message can say why. Checkpoints (`core/checkpoint`), the CLI's arg
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 
@@ -36,20 +37,23 @@ class Range:
         return value
 
     def contains(self, value) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        # numbers.* so that numpy scalars (a seed drawn by numpy, a spin box's float) count too.
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return False
-        if self.integer and not isinstance(value, int):
+        if self.integer and not isinstance(value, numbers.Integral):
             return False
         if not math.isfinite(value) or not self.low <= value <= self.high:
             return False
-        return not self.power_of_two or value & (value - 1) == 0
+        return not self.power_of_two or int(value) & (int(value) - 1) == 0
 
-    def parse(self, text: str):
-        """The value of a command-line string (int or float by the range's kind), checked."""
+    def parse(self, text: str, integer: bool | None = None):
+        """The value of a command-line string, an int (`integer`, default: the range's kind) or a
+        float, checked."""
+        integer = self.integer if integer is None else integer
         try:
-            value = int(text, 10) if self.integer else float(text)
+            value = int(text, 10) if integer else float(text)
         except ValueError:
-            raise OutOfRange(f"{text!r} is not {'an integer' if self.integer else 'a number'}") from None
+            raise OutOfRange(f"{text!r} is not {'an integer' if integer else 'a number'}") from None
         if not self.contains(value):
             raise OutOfRange(f"must be {self.describe()}, not {text}")
         return value
@@ -73,7 +77,7 @@ TRUNCATION_CUTOFF = Range(0, 64, integer=True, note="w layers; EG3D's largest ne
 NEURAL_RESOLUTION = Range(
     8, 512, integer=True,
     note="rays per side; a GPU renders a whole image at once, about 1 KiB per sample: "
-         "512^2 rays x 96 samples is 25 GiB (a CPU renders 2048-ray chunks)",
+         "512^2 rays x 96 samples is 25 GiB; a CPU renders 2048-ray chunks",
 )
 IMAGE_SIZE = Range(8, 4096, integer=True, note="pixels per side; a 4096^2 RGB image is 48 MiB")
 INVERSION_RESOLUTION = Range(16, 512, integer=True, note="pixels per side of the rendered comparison")
@@ -135,3 +139,63 @@ def check_numbers(value, name: str, named: dict[str, Range], path: str = "") -> 
         named[key].check(value, f"{name} {key}")
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         ANY_NUMBER.check(value, f"{name} {key or '(a positional argument)'}")
+
+
+# ---------------------------------------------------------------------------- command-line arguments
+# Every int/float option of every command, by its argparse `dest` ("COMMAND:dest" where one name
+# means different things in different commands). core/cli.py applies these as the options' types,
+# so a bad number ends as argparse's one-line error and exit status 2 before any work starts;
+# tests/test_cli_ranges.py fails for a numeric option that is missing here.
+_COUNT = Range(1, 10 ** 6, integer=True)
+_STEPS = Range(1, 10 ** 7, integer=True, note="optimisation steps")
+_WEIGHT = Range(0.0, 1000.0)
+_MULTIPLIER = Range(0.0, 1000.0)
+_RESOLUTION = Range(8, 2048, integer=True, note="pixels per side; 2048^2 labels and images take about 50 MiB each")
+
+CLI_ARGUMENTS: dict[str, Range] = {
+    "threads": Range(1, 1024, integer=True),
+    "seed": SEED,
+    "yaw": YAW,
+    "pitch": PITCH,
+    "fov": FOV,
+    "truncation": TRUNCATION,
+    "truncation_cutoff": TRUNCATION_CUTOFF,
+    "size": IMAGE_SIZE,
+    "neural_resolution": NEURAL_RESOLUTION,
+    "steps": _STEPS,
+    "resolution": _RESOLUTION,
+    "invert:resolution": INVERSION_RESOLUTION,
+    "edit:resolution": INVERSION_RESOLUTION,
+    "identities": Range(0, 10 ** 6, integer=True, note="0 skips where the help says so"),
+    "annotate-sim:identities": _COUNT,
+    "annotate-sim:start": SEED,
+    "inversions": Range(0, 1000, integer=True),
+    "inversion_steps": _STEPS,
+    "views": Range(1, 1000, integer=True),
+    "video_identities": Range(0, 1000, integer=True),
+    "video_frames": Range(1, 10 ** 4, integer=True),
+    "checkpoint_every": Range(1, 10 ** 7, note="steps (train-semantic) or seconds (fit-backbone)"),
+    "class_balance": Range(0.0, 4.0, note="power of the inverse class frequency"),
+    "edge_weight": _WEIGHT,
+    "raw_loss_weight": _WEIGHT,
+    "annotation_scale_pairs": _COUNT,
+    "semantic_steps": _STEPS,
+    "n": Range(1, 10 ** 7, integer=True),
+    "generate:size": Range(8, 2048, integer=True, note="pixels per side; each view's image, labels and depth are "
+                                                       "held at once, about 16 bytes a pixel: 64 MiB at 2048^2"),
+    "voxel_size": Range(1e-6, 10.0, note="world units"),
+    "workers": Range(1, 256, integer=True),
+    "data_workers": Range(0, 64, integer=True),
+    "minutes": Range(0.01, 10 ** 6),
+    "learning_rate": Range(1e-9, 10.0),
+    "identities_per_step": Range(1, 1024, integer=True),
+    "rays_per_identity": Range(1, 2 ** 20, integer=True, note="about 1 KiB of activations per ray sample"),
+    "surface_points_per_identity": Range(0, 2 ** 20, integer=True),
+    "space_points_per_identity": Range(0, 2 ** 20, integer=True),
+    "plane_lr_multiplier": _MULTIPLIER,
+    "decoder_lr_multiplier": _MULTIPLIER,
+}
+
+
+def cli_range(command: str, dest: str) -> Range | None:
+    return CLI_ARGUMENTS.get(f"{command}:{dest}", CLI_ARGUMENTS.get(dest))
