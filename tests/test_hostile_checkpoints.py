@@ -197,3 +197,32 @@ def test_an_honest_pickle_still_loads_in_the_capped_child(tmp_path, tiny):
     generator, init_kwargs = tiny
     honest = write_eg3d_pickle(tmp_path / "g.pkl", generator, init_kwargs)
     assert load_in_capped_child(honest, "resources/default_backbone.safetensors") == ["LOADED", "LOADED"]
+
+
+def test_the_shipped_default_carries_a_checksum_of_its_tensors():
+    # Rule: a studio checkpoint must carry tensors_sha256 (save_generator always writes it); a
+    # file without one is refused as damaged. The shipped default has one, and it verifies.
+    from pathlib import Path
+
+    from core.checkpoint.studio_format import read_generator_config, read_safetensors_tensors, tensors_sha256
+
+    path = Path(__file__).resolve().parents[1] / "resources" / "default_backbone.safetensors"
+    assert read_generator_config(path)["tensors_sha256"] == tensors_sha256(read_safetensors_tensors(path))
+
+
+def test_a_studio_checkpoint_without_a_checksum_is_refused(tmp_path, tiny):
+    import json
+
+    import safetensors.torch
+
+    from core.checkpoint.studio_format import METADATA_KEY, load_generator, read_safetensors_metadata
+
+    generator, _ = tiny
+    save_generator(generator, tmp_path / "g.safetensors")
+    config = json.loads(read_safetensors_metadata(tmp_path / "g.safetensors")[METADATA_KEY])
+    del config["tensors_sha256"]
+    tensors = safetensors.torch.load_file(str(tmp_path / "g.safetensors"))
+    safetensors.torch.save_file(tensors, str(tmp_path / "bare.safetensors"),
+                                metadata={"format": "pt", METADATA_KEY: json.dumps(config)})
+    with pytest.raises(CorruptCheckpointError, match="tensors_sha256"):
+        load_generator(tmp_path / "bare.safetensors")
