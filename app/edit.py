@@ -169,13 +169,14 @@ class EditWorkspace(QWidget):
     def invert_image(self, rgb: np.ndarray, name: str = "image") -> None:
         from core.editing.inversion import invert_image
 
-        G, stop, relay = self.backbone.generator, self._stop, self._relay
+        G, stop, relay, branch = self.backbone.generator, self._stop, self._relay, self.branch
         settings = self.inversion_settings
         self._begin(f"Inverting {name}…", settings.total_steps())
-        self._run(lambda: invert_image(G, rgb, settings, self.vgg_weights, progress=relay.report.emit,
+        self._run(lambda: invert_image(G, rgb, settings, self.vgg_weights, branch=branch, progress=relay.report.emit,
                                        should_stop=stop.is_set),
                   lambda result: self._set_start(result.ws, result.yaw, result.pitch,
-                                                 f"inversion of {name} (yaw {result.yaw:.0f}°, pitch {result.pitch:.0f}°)"),
+                                                 f"inversion of {name} (yaw {result.yaw:.0f}°, pitch {result.pitch:.0f}°; "
+                                                 f"{result.quality.summary()}{'; POOR: far from the backbone' if result.quality.warnings else ''})"),
                   "Inversion")
 
     def _set_start(self, ws, yaw: float, pitch: float, description: str) -> None:

@@ -18,6 +18,7 @@ from core.checkpoint.eg3d_pickle import load_eg3d_pickle
 from core.checkpoint.studio_format import file_sha256, load_generator
 from core.generator.configs import official_config
 from core.generator.triplane import Identity, TriPlaneGenerator, View
+from core.limits import FOV, NEURAL_RESOLUTION, PITCH, SEED, TRUNCATION, TRUNCATION_CUTOFF, YAW
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 DEFAULT_BACKBONE_PATH = RESOURCES / "default_backbone.safetensors"
@@ -68,6 +69,8 @@ class Backbone:
 
     def camera(self, yaw: float = 0.0, pitch: float = 0.0, fov: float = DEFAULT_FOV_DEG, radius: float | None = None) -> Camera:
         """A look-at camera with yaw/pitch in degrees from frontal, at the checkpoint's average orbit."""
+        # The CLI's and the window's ranges (core/limits.py): a NaN angle would render black.
+        YAW.check(yaw, "yaw"), PITCH.check(pitch, "pitch"), FOV.check(fov, "fov")
         return Camera(
             yaw=yaw,
             pitch=pitch,
@@ -102,6 +105,10 @@ class Backbone:
         truncation_cutoff: int | None = EG3D_DEFAULT_TRUNCATION_CUTOFF,
         conditioning_fov: float = DEFAULT_FOV_DEG,
     ) -> Identity:
+        SEED.check(seed, "seed"), TRUNCATION.check(truncation_psi, "truncation")
+        FOV.check(conditioning_fov, "conditioning fov")
+        if truncation_cutoff is not None:
+            TRUNCATION_CUTOFF.check(truncation_cutoff, "truncation cutoff")
         key = IdentityKey(int(seed), float(truncation_psi), truncation_cutoff, float(conditioning_fov))
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -120,6 +127,8 @@ class Backbone:
     # -------------------------------------------------------------- views
     @torch.no_grad()
     def render(self, identity: Identity, camera: Camera, neural_resolution: int | None = None, **kwargs) -> View:
+        if neural_resolution is not None:
+            NEURAL_RESOLUTION.check(neural_resolution, "neural resolution")
         return self.generator.render(identity, camera.label().to(self.device), neural_resolution, **kwargs)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from core.camera import DEFAULT_FOV_DEG
 from core.generator.configs import OFFICIAL_CONFIGS
+from core.limits import ANY_NUMBER, OutOfRange, Range, cli_range
 
 
 class UserError(Exception):
@@ -143,12 +144,52 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="headless commands")
     for add in COMMANDS:
         add(sub)
+    apply_ranges(parser)
     return parser
+
+
+# ---------------------------------------------------------------------------- numeric arguments
+class RangedNumber:
+    """An argparse type: an int or float parsed and checked against its Range (core/limits.py).
+
+    argparse turns the refusal into `error: argument --yaw: must be ...` and exit status 2.
+    """
+
+    def __init__(self, number_type: type, checked: Range):
+        self.number_type = number_type
+        self.range = checked
+        self.__name__ = number_type.__name__  # argparse names the type in some messages
+
+    def __call__(self, text: str):
+        try:
+            return self.range.parse(text, integer=self.number_type is int)
+        except OutOfRange as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def numeric_options(parser: argparse.ArgumentParser, command: str = ""):
+    """(command, action) for every int/float option of `parser` and its sub-commands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from numeric_options(child, f"{command} {name}".strip())
+        elif action.type in (int, float) or isinstance(action.type, RangedNumber):
+            yield command, action
+
+
+def apply_ranges(parser: argparse.ArgumentParser) -> None:
+    """Give every int/float option its Range; an option without one still has to be finite."""
+    for command, action in numeric_options(parser):
+        if not isinstance(action.type, RangedNumber):
+            action.type = RangedNumber(action.type, cli_range(command, action.dest) or ANY_NUMBER)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse's --help (0) or its one-line usage error (2)
+        return exit_.code
     if args.command is None:
         parser.print_help()
         return 0

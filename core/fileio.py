@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def _atomic_write(path: str | Path, mode: str, chunks) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _normal_write_mode(path))
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             for chunk in chunks:
                 f.write(chunk)
@@ -39,6 +41,30 @@ def _atomic_write(path: str | Path, mode: str, chunks) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _normal_write_mode(path: Path) -> int:
+    """The mode open(path, "w") would leave: an existing file keeps its own, a new one gets
+    0o666 less the umask. (mkstemp makes 0600 files, which teammates sharing a dataset cannot read.)"""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    # Linux reports it without changing it; os.umask can only be read by setting it, which would
+    # briefly change it for every thread of the process.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -173,6 +173,7 @@ def _storage_from_bytes(data):
     """Stand-in for torch.storage._load_from_bytes, decoded by torch's weights-only loader."""
     if not isinstance(data, (bytes, bytearray)):
         raise CorruptCheckpointError("a tensor storage is not stored as bytes")
+    _check_storage_record(bytes(data))
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
@@ -182,6 +183,53 @@ def _storage_from_bytes(data):
     if not isinstance(storage, torch.TypedStorage):
         raise CorruptCheckpointError(f"a tensor storage decodes to a {type(storage).__name__}")
     return storage
+
+
+# Element sizes of the storage classes torch's legacy format names (torch.FloatStorage, ...).
+_STORAGE_ITEM_SIZES = {
+    "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8,
+    "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1,
+    "ComplexFloatStorage": 8, "ComplexDoubleStorage": 16,
+}
+
+
+class _StorageRecordReader(pickle.Unpickler):
+    """Reads the small pickles of torch's legacy storage record as data: names, never objects."""
+
+    def find_class(self, module, name):
+        if module == "torch" and name in _STORAGE_ITEM_SIZES:
+            return name
+        raise CorruptCheckpointError(f"a tensor storage names {module}.{name}, which is not a storage type")
+
+    def persistent_load(self, pid):
+        return pid
+
+
+def _check_storage_record(data: bytes) -> None:
+    """The element count a storage declares must be what its bytes hold, checked before torch
+    reads it: torch allocates the declared size first and reports a mismatch garbled."""
+    stream = io.BytesIO(data)
+    try:
+        for _ in range(3):  # magic number, protocol version, system info: plain data
+            _StorageRecordReader(stream).load()
+        pid = _StorageRecordReader(stream).load()
+        keys = _StorageRecordReader(stream).load()
+    except CheckpointError:
+        raise
+    except Exception as error:  # damaged pickle opcodes raise many builtin types
+        raise CorruptCheckpointError(f"a tensor storage record is damaged ({type(error).__name__}: {error})") from error
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and pid[1] in _STORAGE_ITEM_SIZES
+            and isinstance(pid[4], int) and isinstance(keys, list) and len(keys) == 1):
+        raise CorruptCheckpointError("a tensor storage record does not hold exactly one storage")
+    declared, header = pid[4], stream.read(8)
+    stored = int.from_bytes(header, "little", signed=True) if len(header) == 8 else -1
+    available = len(data) - stream.tell()
+    item_size = _STORAGE_ITEM_SIZES[pid[1]]
+    if not (declared == stored and 0 <= declared and declared * item_size == available):
+        raise CorruptCheckpointError(
+            f"a tensor storage declares {declared} elements of {item_size} bytes (its data header says "
+            f"{stored}), but holds {available} bytes"
+        )
 
 
 def _check_int_tuple(value, what: str) -> tuple:
@@ -200,6 +248,17 @@ def _check_view_fits(storage_size: int, offset: int, size: tuple, stride: tuple)
     last_element = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last_element >= storage_size:
         raise CorruptCheckpointError("a tensor view reaches past the end of its storage")
+    # A stride-0 or overlapping view shows more elements than its storage holds; every later
+    # copy (a .contiguous(), loading it into a parameter) would allocate them all.
+    elements = 1
+    for n in size:
+        elements *= n
+    if elements > storage_size - offset:
+        shape = "x".join(str(n) for n in size)
+        raise CorruptCheckpointError(
+            f"a {shape} tensor view repeats the {storage_size - offset} elements of its storage "
+            f"(strides {stride}); checkpoint tensors hold their own data"
+        )
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
@@ -484,4 +543,4 @@ def load_eg3d_pickle(path, device="cpu") -> torch.nn.Module:
     records = read_network_pickle(path)
     with naming_file(path):
         spec = extract_generator(records, "G_ema")
-        return build_generator(spec, device)
+        return build_generator(spec, device, file_bytes=Path(path).stat().st_size)

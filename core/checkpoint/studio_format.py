@@ -112,7 +112,7 @@ def load_generator(path, device="cpu") -> torch.nn.Module:
             state_dict=read_safetensors_tensors(path),
         )
         _check_tensors_checksum(spec.state_dict, config["tensors_sha256"])
-        return build_generator(spec, device)
+        return build_generator(spec, device, file_bytes=path.stat().st_size)
 
 
 def read_safetensors_metadata(path: Path) -> dict:

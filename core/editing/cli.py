@@ -3,6 +3,7 @@ same core.editing functions)."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from core.editing.semantic_edit import EditSettings
@@ -124,7 +125,7 @@ def _invert(args) -> None:
     bar = _Bar(settings.total_steps(), "invert")
     try:
         if target_rgb is not None:
-            result = invert_image(G, target_rgb, settings, args.vgg, progress=bar)
+            result = invert_image(G, target_rgb, settings, args.vgg, branch=branch, progress=bar)
         else:
             result = invert_labels(G, branch, target_labels, settings, progress=bar)
     except ValueError as error:
@@ -132,13 +133,16 @@ def _invert(args) -> None:
     finally:
         bar.close()
     extra = {"source": str(args.image or args.mask), "backbone": backbone.name, "backbone_hash": backbone.content_hash,
-             "latent_space": settings.latent_space}
+             "latent_space": settings.latent_space, "quality": result.quality.as_dict()}
     try:
         save_inversion(args.out, result, G, branch, target_rgb, target_labels, resolution, palette, extra)
     except OSError as error:
         raise UserError(f"could not write {args.out}: {error}") from error
     print(f"wrote {args.out}: yaw {result.yaw:.1f}, pitch {result.pitch:.1f}, loss {result.loss:.4f} "
           f"(best start: {result.start}) in {result.seconds:.0f} s")
+    print(f"reconstruction: {result.quality.summary()}")
+    for warning in result.quality.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- edit

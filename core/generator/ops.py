@@ -121,7 +121,7 @@ def _filter_size(f: Optional[torch.Tensor]) -> tuple[int, int]:
 
 def setup_filter(
     f,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     normalize: bool = True,
     flip_filter: bool = False,
     gain: float = 1,
@@ -151,7 +151,9 @@ def setup_filter(
     if flip_filter:
         f = f.flip(list(range(f.ndim)))
     f = f * (gain ** (f.ndim / 2))
-    return f.to(device=device)
+    # None keeps the tensor where it was made: the CPU, or the meta device while a checkpoint's
+    # arguments are checked by building the network without memory (core/checkpoint/limits.py).
+    return f if device is None else f.to(device=device)
 
 
 def upfirdn2d(
