@@ -1,0 +1,173 @@
+"""PoseGen-style steering: models, the mixture, rounds (layout, determinism, resume), the CLI."""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.checkpoint.studio_format import save_generator
+from core.cli import main
+from core.factory.dataset import FactoryDataset
+from core.generator.configs import tiny_config
+from core.generator.triplane import TriPlaneGenerator
+from core.procedural import NUM_CLASSES
+from core.project import BackboneRef, Project, default_label_set
+from core.semantic import SemanticBranch, save_branch
+from core.semantic.checkpoint import checkpoint_name
+from core.steering.distribution import Mixture, SteeredDistribution
+from core.steering.models import ModelError, load_model, new_model, save_model, sample_losses
+from core.steering.rounds import SteerRequest, SteeringError, run_steering
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("steer") / "project"
+    folder.mkdir()
+    generator = TriPlaneGenerator.from_config(tiny_config(plane_resolution=32, neural_resolution=SIZE), 0)
+    save_generator(generator, folder / "tiny.safetensors")
+    with Project.create(folder, BackboneRef.for_file(folder / "tiny.safetensors", folder), default_label_set()) as p:
+        backbone = p.load_backbone()
+    torch.manual_seed(3)
+    branch = SemanticBranch.for_generator(backbone.generator, NUM_CLASSES)
+    save_branch(branch, folder / "semantic" / checkpoint_name(5), backbone.content_hash, step=5)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    save_model(new_model("pose", SIZE, width=4), folder / "pose.pt")
+    save_model(new_model("segmentation", SIZE, NUM_CLASSES, width=4), folder / "seg.pt")
+    return folder
+
+
+def request_for(project, model, out, **changes):
+    base = SteerRequest(project=project, model=model, task="pose", out=out, rounds=2, samples=4, views=2, size=SIZE,
+                        steer_steps=2, steer_identities=2, finetune_steps=2, finetune_batch=2, principal=1,
+                        components=2)
+    return replace(base, **changes)
+
+
+def files_of(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix != ".pt" and p.name != "state.json"}
+
+
+# ---------------------------------------------------------------------------- models
+def test_models_round_trip_and_bad_files_are_refused(models, tmp_path):
+    pose = load_model(models / "pose.pt")
+    assert pose.declaration() == {"task": "pose", "input_size": SIZE, "num_classes": 0}
+    assert load_model(models / "seg.pt").num_classes == NUM_CLASSES
+    with pytest.raises(ModelError, match="declares task 'pose'"):
+        load_model(models / "pose.pt", task="segmentation")
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="not a TorchScript model"):
+        load_model(tmp_path / "junk.pt", task="pose", input_size=SIZE)
+
+    class ThreeNumbers(torch.nn.Module):
+        def forward(self, x):
+            return x.mean((2, 3))
+
+    torch.jit.save(torch.jit.script(ThreeNumbers()), str(tmp_path / "user.pt"))
+    with pytest.raises(ModelError, match=r"must return \(N, 2\)"):
+        load_model(tmp_path / "user.pt", task="pose", input_size=SIZE)
+    with pytest.raises(ModelError, match="input size"):
+        load_model(tmp_path / "user.pt", task="pose")
+    with pytest.raises(ModelError, match="logits"):
+        load_model(tmp_path / "user.pt", task="segmentation", input_size=SIZE)
+
+
+def test_per_sample_losses():
+    outputs = torch.tensor([[10.0, 0.0], [0.0, 0.0]])
+    assert torch.allclose(sample_losses("pose", outputs, torch.zeros(2, 2)), torch.tensor([5.0, 0.0]))
+    logits = torch.zeros(2, 3, 4, 4)
+    logits[0, 1] = 10  # sample 0 predicts class 1 everywhere, sample 1 is unsure
+    losses = sample_losses("segmentation", logits, torch.ones(2, 4, 4, dtype=torch.long))
+    assert losses[0] < 0.01 and abs(losses[1] - np.log(3)) < 1e-4
+
+
+# ---------------------------------------------------------------------------- the distribution
+def test_mixture_moves_its_mass_towards_the_loss_and_stays_in_bounds():
+    bounds = {"yaw": (-90, 90), "pitch": (-40, 40)}
+    mixture = Mixture(("yaw", "pitch"), bounds, components=3, seed=0)
+    optimizer = torch.optim.Adam(mixture.parameters(), lr=0.05)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        x = mixture.sample(32, generator)
+        loss = mixture.physical(x)[:, 0].float()  # the model is worst at large positive yaw
+        surrogate = mixture.surrogate(x, loss, 0.01, generator)
+        optimizer.zero_grad()
+        surrogate.backward()
+        optimizer.step()
+    values = mixture.physical(mixture.sample(512, generator))
+    assert values[:, 0].mean() > 45 and values[:, 0].max() <= 90 and values[:, 1].abs().max() <= 40
+    assert mixture.to_json()["kl_to_prior"] > 0.5  # it left the prior, and says how far
+
+
+def test_prior_draws_are_the_factory_ranges():
+    distribution = SteeredDistribution({"yaw": (-90, 90), "pitch": (-40, 40), "psi": (0.7, 1.3)}, 0, 2, 0)
+    draws = distribution.prior_draw(50, 2, torch.Generator().manual_seed(1))
+    camera = distribution.camera.physical(draws.camera)
+    assert camera[:, 0].abs().max() <= 45 and camera[:, 1].abs().max() <= 20
+    assert torch.allclose(distribution.identity.physical(draws.identity), torch.ones(50, 1, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------- rounds
+@pytest.fixture(scope="module")
+def reference(project, models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "steer"
+    result = run_steering(request_for(project, models / "pose.pt", out))
+    assert result.rounds_done == 2 and not result.stopped
+    return out
+
+
+def test_rounds_write_factory_datasets_with_the_distribution(reference):
+    for round_index in (1, 2):
+        folder = reference / f"round_{round_index:02d}"
+        dataset = FactoryDataset(folder)
+        assert len(dataset) == 4 and dataset[0]["image"].shape == (3, SIZE, SIZE)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["steering"]["knobs"]["kl_weight"] == 0.05 and manifest["complete"]
+        cameras = json.loads((folder / "cameras.json").read_text())["images"]
+        assert sorted(r["source"] for r in cameras.values()) == ["prior"] * 2 + ["steered"] * 2
+        assert all(-90 <= r["yaw"] <= 90 and 0.7 <= r["psi"] <= 1.3 for r in cameras.values())
+        distribution = json.loads((folder / "distribution.json").read_text())
+        assert set(distribution) == {"camera", "identity"} and distribution["identity"]["names"] == ["psi", "pc1"]
+        assert load_model(folder / "model.pt").task == "pose"
+    state = json.loads((reference / "state.json").read_text())
+    assert len(state["rounds"]["2"]["steered"]["loss_per_step"]) == 2
+
+
+def test_same_seed_same_files_and_stop_resume(project, models, reference, tmp_path):
+    out = tmp_path / "stopped"
+    calls = []
+    stopped = run_steering(request_for(project, models / "pose.pt", out),
+                           should_stop=lambda: len(calls.append(1) or calls) > 4)
+    assert stopped.stopped and stopped.rounds_done == 1
+    with pytest.raises(SteeringError, match="--resume"):
+        run_steering(request_for(project, models / "pose.pt", out))
+    resumed = run_steering(request_for(project, models / "pose.pt", out, resume=True))
+    assert resumed.rounds_done == 2
+    assert files_of(out) == files_of(reference)
+    other = run_steering(request_for(project, models / "pose.pt", tmp_path / "other", seed=1))
+    assert files_of(tmp_path / "other") != files_of(reference) and other.rounds_done == 2
+    with pytest.raises(SteeringError, match="another request"):
+        run_steering(request_for(project, models / "pose.pt", out, samples=6, resume=True))
+
+
+def test_filter_drops_samples_beyond_the_loss_threshold(project, models, tmp_path):
+    result = run_steering(request_for(project, models / "pose.pt", tmp_path / "f", rounds=1, max_loss=0.0,
+                                      max_draws=2.0))
+    generated = result.history[0]["generated"]
+    assert generated["dropped"] > 0 and generated["samples"] == 2  # only the prior's samples pass
+
+
+def test_segmentation_rounds(project, models, tmp_path):
+    result = run_steering(request_for(project, models / "seg.pt", tmp_path / "s", task="segmentation", rounds=1))
+    assert result.rounds_done == 1
+    labels = FactoryDataset(tmp_path / "s" / "round_01")[0]["label"]
+    assert labels.max() < NUM_CLASSES
