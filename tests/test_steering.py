@@ -171,3 +171,45 @@ def test_segmentation_rounds(project, models, tmp_path):
     assert result.rounds_done == 1
     labels = FactoryDataset(tmp_path / "s" / "round_01")[0]["label"]
     assert labels.max() < NUM_CLASSES
+
+
+# ---------------------------------------------------------------------------- the command line
+def test_cli_train_frozen_steer_and_evaluate(project, reference, tmp_path, capsys):
+    model = tmp_path / "pose.pt"
+    assert main(["train-frozen", "--dataset", str(reference / "round_01"), "--task", "pose", "--out", str(model),
+                 "--size", str(SIZE), "--steps", "2", "--width", "4", "--threads", "1"]) == 0
+    assert load_model(model).task == "pose"
+    out = tmp_path / "cli-run"
+    arguments = ["steer", "--project", str(project), "--model", str(model), "--task", "pose", "--rounds", "1",
+                 "--samples", "4", "--views", "2", "--size", str(SIZE), "--steer-steps", "1", "--steer-identities",
+                 "1", "--finetune-steps", "1", "--principal", "1", "--out", str(out), "--threads", "1"]
+    assert main(arguments) == 0
+    assert (out / "round_01" / "model.pt").is_file() and "round 1:" in capsys.readouterr().out
+    assert main(arguments) == 2 and "--resume" in capsys.readouterr().err
+    assert main(arguments + ["--resume"]) == 0
+    assert main(arguments[:-2] + ["--samples", "3", "--resume"]) == 2
+    assert "multiple of --views" in capsys.readouterr().err
+    assert main(["steer", "--project", str(project), "--model", str(tmp_path / "none.pt"), "--task", "pose",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "model file not found" in capsys.readouterr().err
+
+    assert main(["evaluate", "steer", "--quick", "--json", "--project", str(project), "--threads", "1",
+                 "--work", str(tmp_path / "eval")]) == 0
+    results = json.loads(capsys.readouterr().out)
+    for arm in ("frozen", "uniform", "steered"):
+        for test in ("in_distribution", "out_of_distribution"):
+            assert np.isfinite(results[arm][test]["pose_error_deg"]) and results[arm][test]["images"] == 8
+    assert np.isfinite(results["relative_gain_ood"]) and results["learned_distribution"]["camera"]
+    # the arms differ only by their data: uniform and steered fine-tune the same frozen model
+    assert results["frozen"] != results["steered"]
+
+
+def test_out_of_distribution_test_set_is_out_of_the_factory_ranges():
+    from core.steering.evaluate import test_set
+
+    images, labels, angles = test_set("out_of_distribution", 6, 16)
+    assert images.shape == (6, 16, 16, 3) and labels.shape == (6, 16, 16)
+    assert np.all((np.abs(angles[:, 0]) >= 60) & (np.abs(angles[:, 0]) <= 90))
+    assert np.all((np.abs(angles[:, 1]) >= 30) & (np.abs(angles[:, 1]) <= 40))
+    inside = test_set("in_distribution", 6, 16)[2]
+    assert np.all(np.abs(inside[:, 0]) <= 45) and np.all(np.abs(inside[:, 1]) <= 20)

@@ -71,6 +71,8 @@ class SteeringWorld:
 
     def ws_for(self, seed: int, psi: float, offsets) -> torch.Tensor:
         """(1, num_ws, w_dim) of one steered identity."""
+        if len(offsets) != len(self.sigmas):
+            raise ValueError(f"{len(offsets)} principal offsets for {len(self.sigmas)} directions")
         ws = self.backbone.mapping(seed_to_z(seed, self.backbone.generator.z_dim), 1.0, None).cpu()
         w_avg = self.w_avg.to(ws)
         shift = (torch.as_tensor(offsets, dtype=ws.dtype) * self.sigmas.to(ws))[:, None] * self.directions.to(ws)

@@ -149,6 +149,8 @@ def run_steering(request: SteerRequest, progress: Callable[[str, int, int], None
     state = _prepare(out, request)
     world = world or open_world(Path(request.project), request.task, request.size, request.principal,
                                 request.device)[0]
+    if len(world.sigmas) != request.principal:
+        raise SteeringError(f"the renderer steers {len(world.sigmas)} principal directions, the request {request.principal}")
     model = _current_model(request, state)
     distribution = SteeredDistribution(request.bounds(), request.principal, request.components, request.seed)
     if state["distribution"]:
@@ -343,22 +345,39 @@ def _write_dataset_files(folder: Path, request, world, depth_scale: float, recor
     })
 
 
-def round_training_data(out: Path, request: SteerRequest, rounds: int):
-    """Images (N, H, W, 3) and targets of the first `rounds` rounds' datasets."""
-    from core.factory.dataset import FactoryDataset
+def read_training_data(folder, task: str, size: int | None = None):
+    """(images (N, H, W, 3) uint8, targets, class count) of a factory dataset folder: label maps
+    for segmentation, cameras.json's yaw/pitch (or the angles of its camera labels) for pose."""
+    from core.camera import Camera
+    from core.factory.dataset import DatasetError, FactoryDataset
 
+    folder = Path(folder)
+    dataset = FactoryDataset(folder, size=size)
+    document = json.loads((folder / "cameras.json").read_text("utf-8"))
+    entries = document.get("images", {}) if isinstance(document, dict) else {}
     images, targets = [], []
-    for round_index in range(1, rounds + 1):
-        folder = out / f"round_{round_index:02d}"
-        dataset = FactoryDataset(folder)
-        cameras = json.loads((folder / "cameras.json").read_text("utf-8"))["images"]
-        for index, record in enumerate(dataset.records):
-            image, label = dataset.image_and_label(index)
-            images.append(image)
-            entry = cameras[record.name]
-            targets.append(label if request.task == "segmentation"
-                           else np.array([entry["yaw"], entry["pitch"]], np.float32))
-    return np.stack(images), np.stack(targets)
+    for index, record in enumerate(dataset.records):
+        image, label = dataset.image_and_label(index)
+        images.append(image)
+        if task == "segmentation":
+            targets.append(label)
+            continue
+        entry = entries.get(record.name, {}) if isinstance(entries, dict) else {}
+        if "yaw" in entry and "pitch" in entry:
+            targets.append(np.array([entry["yaw"], entry["pitch"]], np.float32))
+        else:
+            camera = Camera.from_label(record.camera_label)
+            targets.append(np.array([camera.yaw, camera.pitch], np.float32))
+    if not images:
+        raise DatasetError(f"{folder}: no finished samples")
+    classes = len(dataset.class_names) if dataset.class_names else int(np.max([t.max() for t in targets])) + 1
+    return np.stack(images), np.stack(targets), classes
+
+
+def round_training_data(out: Path, request: SteerRequest, rounds: int):
+    """Images and targets of the first `rounds` rounds' datasets together."""
+    parts = [read_training_data(out / f"round_{r:02d}", request.task) for r in range(1, rounds + 1)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def finetune(model: FrozenModel, out: Path, request: SteerRequest, round_index: int, report) -> dict:
