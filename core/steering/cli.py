@@ -168,6 +168,8 @@ def add_steer_evaluation(what) -> None:
     p.add_argument("--rounds", type=int)
     p.add_argument("--samples", type=int, help="samples per round")
     p.add_argument("--seed", type=int)
+    p.add_argument("--kl-weight", type=float, help="steered arm: weight of KL(mixture || prior) (default 0.05)")
+    p.add_argument("--prior-fraction", type=float, help="steered arm: share of prior samples per round (default 0.5)")
     p.add_argument("--work", type=Path, help="folder keeping models and rounds (resumable)")
     add_threads_argument(p)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -190,6 +192,9 @@ def _evaluate_steer(args) -> None:
         if getattr(args, name) is not None:
             if getattr(args, name) < (0 if name == "seed" else 1):
                 raise UserError(f"--{name} must be {'non-negative' if name == 'seed' else 'at least 1'}")
+            settings = replace(settings, **{name: getattr(args, name)})
+    for name in ("kl_weight", "prior_fraction"):
+        if getattr(args, name) is not None:
             settings = replace(settings, **{name: getattr(args, name)})
     if settings.samples % settings.views:
         raise UserError(f"--samples must be a multiple of {settings.views}")

@@ -57,6 +57,7 @@ class SteerEvaluation:
     steer_identities: int = 4
     finetune_steps: int = 100
     kl_weight: float = 0.05
+    prior_fraction: float = 0.5
     seed: int = 0
 
 
@@ -146,7 +147,7 @@ def evaluate_steering(world: SteeringWorld, settings: SteerEvaluation, work: Pat
                             rounds=settings.rounds, samples=settings.samples, views=settings.views,
                             size=settings.size, seed=settings.seed, steer_steps=settings.steer_steps,
                             steer_identities=settings.steer_identities, finetune_steps=settings.finetune_steps,
-                            kl_weight=settings.kl_weight, resume=True)
+                            kl_weight=settings.kl_weight, prior_fraction=settings.prior_fraction, resume=True)
         requests = {"uniform": replace(base, out=work / "uniform", steer_steps=0, prior_fraction=1.0),
                     "steered": base}
         models = {"frozen": frozen_path}
