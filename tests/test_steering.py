@@ -131,7 +131,7 @@ def test_rounds_write_factory_datasets_with_the_distribution(reference):
         dataset = FactoryDataset(folder)
         assert len(dataset) == 4 and dataset[0]["image"].shape == (3, SIZE, SIZE)
         manifest = json.loads((folder / "manifest.json").read_text())
-        assert manifest["steering"]["knobs"]["kl_weight"] == 0.05 and manifest["complete"]
+        assert manifest["steering"]["knobs"]["kl_weight"] == 0.5 and manifest["complete"]
         cameras = json.loads((folder / "cameras.json").read_text())["images"]
         assert sorted(r["source"] for r in cameras.values()) == ["prior"] * 2 + ["steered"] * 2
         assert all(-90 <= r["yaw"] <= 90 and 0.7 <= r["psi"] <= 1.3 for r in cameras.values())

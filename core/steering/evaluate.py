@@ -56,7 +56,7 @@ class SteerEvaluation:
     steer_steps: int = 8
     steer_identities: int = 4
     finetune_steps: int = 100
-    kl_weight: float = 0.05
+    kl_weight: float = 0.5
     prior_fraction: float = 0.5
     seed: int = 0
 

@@ -67,7 +67,7 @@ class SteerRequest:
     yaw_bounds: tuple = DEFAULT_BOUNDS["yaw"]
     pitch_bounds: tuple = DEFAULT_BOUNDS["pitch"]
     psi_bounds: tuple = DEFAULT_BOUNDS["psi"]
-    kl_weight: float = 0.05
+    kl_weight: float = 0.5
     steer_steps: int = 10
     steer_identities: int = 4
     learning_rate: float = 0.1
