@@ -107,8 +107,8 @@ def relative_gain(task: str, uniform: dict, steered: dict) -> float:
 
 def pretrain(world: SteeringWorld, settings: SteerEvaluation, path: Path, progress=None) -> FrozenModel:
     """The model to be frozen, trained on prior renders (the 'public dataset' of the setting)."""
-    distribution = SteeredDistribution(SteerRequest(world, world, "pose", world).bounds(),
-                                       len(world.sigmas), 1, 0)
+    bounds = SteerRequest(Path("."), Path("."), settings.task, Path("."), principal=len(world.sigmas)).bounds()
+    distribution = SteeredDistribution(bounds, len(world.sigmas), 1, 0)  # only its prior_draw is used
     identities = max(1, settings.pretrain_samples // settings.views)
     generator = torch.Generator().manual_seed(settings.seed + 7)
     draws = distribution.prior_draw(identities, settings.views, generator)

@@ -234,7 +234,7 @@ def _current_model(request: SteerRequest, state: dict) -> FrozenModel:
 
 # ---------------------------------------------------------------------------- phases
 @torch.no_grad()
-def scored(world: SteeringWorld, model: FrozenModel, request: SteerRequest, samples: Samples):
+def scored(model: FrozenModel, request: SteerRequest, samples: Samples):
     """(losses, kept): each sample's loss and whether the filter keeps it."""
     model.module.eval()
     images = torch.from_numpy(samples.rgb.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
@@ -262,7 +262,7 @@ def steer(world, model, distribution: SteeredDistribution, request: SteerRequest
         seeds = [steer_seed(request.seed, 10 * round_index, step * request.steer_identities + i)
                  for i in range(request.steer_identities)]
         samples, _, _ = _render_draws(world, distribution, draws, request, seeds)
-        losses, kept = scored(world, model, request, samples)
+        losses, kept = scored(model, request, samples)
         rewards = torch.where(kept, losses, torch.zeros_like(losses)).float()
         surrogate = distribution.surrogate(draws, rewards, request.views, request.kl_weight, generator)
         optimizer.zero_grad(set_to_none=True)
@@ -287,13 +287,14 @@ def generate_round(world, model, distribution, request: SteerRequest, round_inde
     wanted = request.samples
     prior_identities = round(wanted * request.prior_fraction) // request.views
     records, kept_losses, dropped, index = {}, [], 0, 0
+    camera = world.backbone.camera(0, 0)  # radius and FOV of every view (only yaw and pitch are steered)
     max_identities = int(math.ceil(request.max_draws * wanted / request.views))
     while len(records) < wanted and index < max_identities:
         from_prior = index < prior_identities
         draws = (distribution.prior_draw if from_prior else distribution.draw)(1, request.views, generator)
         seed = steer_seed(request.seed, 10 * round_index + 1, index)
-        samples, identity, camera = _render_draws(world, distribution, draws, request, [seed])
-        losses, kept = scored(world, model, request, samples)
+        samples, identity, angles = _render_draws(world, distribution, draws, request, [seed])
+        losses, kept = scored(model, request, samples)
         for view in range(request.views):
             if len(records) >= wanted:
                 break
@@ -305,10 +306,9 @@ def generate_round(world, model, distribution, request: SteerRequest, round_inde
             write_indexed_png(folder / "labels" / f"{name}.png", samples.labels[view], palette)
             write_png(folder / "depth" / f"{name}.png",
                       depth_to_png(samples.depth[view], samples.alpha[view], world.alpha_threshold, depth_scale))
-            radius = world.backbone.camera(0, 0).radius
-            records[name] = {"identity": index, "seed": seed, "view": view, "yaw": float(camera[view, 0]),
-                             "pitch": float(camera[view, 1]), "radius": radius,
-                             "fov": world.backbone.camera(0, 0).fov, "label": [float(v) for v in samples.camera_labels[view]],
+            records[name] = {"identity": index, "seed": seed, "view": view, "yaw": float(angles[view, 0]),
+                             "pitch": float(angles[view, 1]), "radius": camera.radius, "fov": camera.fov,
+                             "label": [float(v) for v in samples.camera_labels[view]],
                              "psi": float(identity[0, 0]), "pc_offsets": [float(v) for v in identity[0, 1:]],
                              "source": "prior" if from_prior else "steered", "model_loss": float(losses[view])}
             kept_losses.append(float(losses[view]))
