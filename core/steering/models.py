@@ -122,7 +122,12 @@ def load_model(path, task: str | None = None, input_size: int | None = None) -> 
     except Exception as error:  # torch raises RuntimeError/ValueError/... for anything not TorchScript
         raise ModelError(f"{path}: not a TorchScript model ({str(error).splitlines()[0][:200]}); "
                          "save yours with torch.jit.save(torch.jit.script(model), PATH)") from error
-    declared = json.loads(extra[DECLARATION]) if extra[DECLARATION] else {}
+    try:
+        declared = json.loads(extra[DECLARATION]) if extra[DECLARATION] else {}
+    except ValueError as error:
+        raise ModelError(f"{path}: its {DECLARATION} is not JSON ({error})") from error
+    if not isinstance(declared, dict):
+        raise ModelError(f"{path}: its {DECLARATION} must be a JSON object")
     if task is not None and declared.get("task") not in (None, task):
         raise ModelError(f"{path}: the file declares task {declared['task']!r}, not {task!r}")
     task = task or declared.get("task")
