@@ -169,7 +169,7 @@ def add_steer_evaluation(what) -> None:
     p.add_argument("--samples", type=int, help="samples per round")
     p.add_argument("--seed", type=int)
     p.add_argument("--kl-weight", type=float, help="steered arm: weight of KL(mixture || prior) (default 0.5)")
-    p.add_argument("--prior-fraction", type=float, help="steered arm: share of prior samples per round (default 0.5)")
+    p.add_argument("--prior-fraction", type=float, help="steered arm: share of prior samples per round (default 0.75)")
     p.add_argument("--work", type=Path, help="folder keeping models and rounds (resumable)")
     add_threads_argument(p)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")

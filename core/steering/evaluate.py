@@ -57,7 +57,7 @@ class SteerEvaluation:
     steer_identities: int = 4
     finetune_steps: int = 100
     kl_weight: float = 0.5
-    prior_fraction: float = 0.5
+    prior_fraction: float = 0.75
     seed: int = 0
 
 

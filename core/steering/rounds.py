@@ -75,7 +75,7 @@ class SteerRequest:
     max_loss: float | None = None
     min_confidence: float = 0.0
     max_draws: float = 3.0
-    prior_fraction: float = 0.5
+    prior_fraction: float = 0.75
     # fine-tuning
     finetune_steps: int = 50
     finetune_batch: int = 16
