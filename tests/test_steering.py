@@ -174,7 +174,16 @@ def test_segmentation_rounds(project, models, tmp_path):
 
 
 # ---------------------------------------------------------------------------- the command line
-def test_cli_train_frozen_steer_and_evaluate(project, reference, tmp_path, capsys):
+@pytest.fixture
+def keep_threads():
+    """`--threads 1` sets torch's thread count for the whole process: restore it (other tests
+    compare float results with runs made at the default count)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cli_train_frozen_steer_and_evaluate(project, reference, tmp_path, capsys, keep_threads):
     model = tmp_path / "pose.pt"
     assert main(["train-frozen", "--dataset", str(reference / "round_01"), "--task", "pose", "--out", str(model),
                  "--size", str(SIZE), "--steps", "2", "--width", "4", "--threads", "1"]) == 0
@@ -213,3 +222,28 @@ def test_out_of_distribution_test_set_is_out_of_the_factory_ranges():
     assert np.all((np.abs(angles[:, 1]) >= 30) & (np.abs(angles[:, 1]) <= 40))
     inside = test_set("in_distribution", 6, 16)[2]
     assert np.all(np.abs(inside[:, 0]) <= 45) and np.all(np.abs(inside[:, 1]) <= 20)
+
+
+def test_ctrl_c_keeps_finished_phases(project, models, reference, tmp_path, monkeypatch):
+    from core.steering import rounds
+
+    real_finetune, calls = rounds.finetune, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # round 2's fine-tuning
+            raise KeyboardInterrupt
+        return real_finetune(*args, **kwargs)
+
+    monkeypatch.setattr(rounds, "finetune", interrupted)
+    out = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        run_steering(request_for(project, models / "pose.pt", out))
+    state = json.loads((out / "state.json").read_text())
+    assert sorted(state["rounds"]["1"]) == ["generated", "steered", "tuned"]
+    assert sorted(state["rounds"]["2"]) == ["generated", "steered"]
+    monkeypatch.setattr(rounds, "finetune", real_finetune)
+    assert run_steering(request_for(project, models / "pose.pt", out, resume=True)).rounds_done == 2
+    assert files_of(out) == files_of(reference)
+    resumed, straight = (load_model(folder / "round_02" / "model.pt").module.state_dict() for folder in (out, reference))
+    assert all(torch.equal(resumed[name], straight[name]) for name in straight)  # the same fine-tuned model
