@@ -16,7 +16,8 @@ Per round r (folder D/round_RR/):
 3. fine-tune: `finetune_steps` steps on every round's samples so far; D/round_RR/model.pt.
 D/state.json (atomic) records the finished phases; a run stopped anywhere (Ctrl-C, a crash,
 `should_stop`) resumes with `resume=True` from the first unfinished phase. Every random draw is
-a function of (seed, round, phase), so a resumed run ends with the same files as a straight one.
+a function of (seed, round, phase), so a resumed run ends with the same files as a straight one
+(at the same torch thread count: another one changes float rounding).
 With steer_steps = 0 and prior_fraction = 1 a run is the 'uniform' arm of `evaluate steer`.
 """
 from __future__ import annotations
