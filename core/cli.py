@@ -118,10 +118,11 @@ from core.semantic.cli import add_labels_evaluation, add_parser as train_semanti
 from core.downstream.cli import add_downstream_evaluation  # noqa: E402
 from core.editing.cli import add_edit_evaluation, edit_parser, invert_parser  # noqa: E402
 from core.exchange.cli import export_views_parser, import_annotations_parser  # noqa: E402
+from core.steering.cli import add_steer_evaluation, steer_parser, train_frozen_parser  # noqa: E402
 
 # `evaluate WHAT`: each function adds one WHAT (a quality figure against procedural ground truth).
 EVALUATIONS = [add_fit_evaluation, add_labels_evaluation, add_downstream_evaluation, add_factory_evaluation,
-               add_edit_evaluation]
+               add_edit_evaluation, add_steer_evaluation]
 
 
 def _evaluate_parser(sub) -> None:
@@ -133,7 +134,8 @@ def _evaluate_parser(sub) -> None:
 
 
 COMMANDS = [_render_parser, fit_backbone_parser, _evaluate_parser, annotate_sim_parser, train_semantic_parser, generate_parser,
-            invert_parser, edit_parser, export_parser, export_views_parser, import_annotations_parser]
+            invert_parser, edit_parser, export_parser, export_views_parser, import_annotations_parser, steer_parser,
+            train_frozen_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

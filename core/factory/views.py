@@ -54,6 +54,8 @@ class IdentityViews:
     alpha: np.ndarray  # (V, H, W) float32 opacity in [0, 1]
     # world points (N, 3) -> (N,) uint8 class ids from the branch's 3D semantic field (None: no branch)
     label_points: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    # (V, H, W) float32: the branch's softmax probability of each pixel's label (how sure it is)
+    confidence: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.camera_labels)
@@ -112,10 +114,12 @@ def render_identity_views(
         labelled = labels_for_view(branch, generator, batch_semantic, cameras, resolution, view=view)
         depth, alpha = _upsample_depth(view.depth, view.opacity(), resolution)
         parts.append((_rgb_uint8(view.image, resolution), labelled.labels.to(torch.uint8).cpu().numpy(),
-                      depth[:, 0].cpu().numpy(), alpha[:, 0].cpu().numpy()))
-    rgb, labels, depth, alpha = (np.concatenate(arrays) for arrays in zip(*parts))
+                      depth[:, 0].cpu().numpy(), alpha[:, 0].cpu().numpy(),
+                      labelled.logits.float().softmax(1).amax(1).cpu().numpy()))
+    rgb, labels, depth, alpha, confidence = (np.concatenate(arrays) for arrays in zip(*parts))
     return IdentityViews(camera_labels.numpy(), rgb, labels, depth.astype(np.float32), alpha.astype(np.float32),
-                         field_labeller(branch, semantic, generator.rendering_kwargs["box_warp"]))
+                         field_labeller(branch, semantic, generator.rendering_kwargs["box_warp"]),
+                         confidence.astype(np.float32))
 
 
 def _upsample_depth(depth: torch.Tensor, alpha: torch.Tensor, resolution: int):

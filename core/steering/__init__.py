@@ -1,0 +1,1 @@
+"""PoseGen-style feedback-steered generation (docs/steering.md): no Qt."""
