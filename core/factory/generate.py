@@ -448,9 +448,11 @@ def _prepare_folder(out: Path, request: GenerateRequest, manifest: dict) -> int:
 
 def done_identities(manifest: dict) -> list[int]:
     """The identity indices a dataset's manifest counts as written (a shard's: its own)."""
-    shard = manifest.get("shard") or (0, 1)
-    planned = range(int(shard[0]), int(manifest["request"]["identities"]), int(shard[1]))
-    return list(planned[:int(manifest.get("identities_done", 0))])
+    done = int(manifest.get("identities_done", 0))
+    shard, total = manifest.get("shard"), manifest.get("request", {}).get("identities")
+    if not shard or total is None:  # unsharded, or a layout-compatible manifest of another writer
+        return list(range(done))
+    return list(range(int(shard[0]), int(total), int(shard[1]))[:done])
 
 
 def read_manifest(out: Path) -> dict | None:
