@@ -34,6 +34,26 @@ def use_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+class StageBar:
+    """One tqdm bar (rate, ETA) per stage of a long command; a new stage closes the previous bar."""
+
+    def __init__(self):
+        from tqdm import tqdm
+
+        self.tqdm, self.stage, self.bar = tqdm, None, None
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage, self.bar = stage, self.tqdm(total=total, desc=stage, leave=False, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.stage = self.bar = None
+
+
 def _add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backbone")
     group.add_argument("--backbone", default="default", help="'default' (embedded), an EG3D network pickle (.pkl) or a studio checkpoint (.safetensors)")

@@ -215,5 +215,22 @@ CLI_ARGUMENTS: dict[str, Range] = {
 }
 
 
+def range_pair(checked: Range, what: str = "numbers"):
+    """An argparse type for "A,B": two values inside `checked`, A <= B (a --yaw-range, a bound)."""
+
+    def parse(text: str) -> tuple[float, float]:
+        import argparse
+
+        try:
+            low, high = (checked.parse(part) for part in text.split(","))
+        except (ValueError, OutOfRange) as error:
+            raise argparse.ArgumentTypeError(f"expected two {what} A,B, got {text!r}: {error}") from None
+        if low > high:
+            raise argparse.ArgumentTypeError(f"the range {text!r} ends before it starts")
+        return low, high
+
+    return parse
+
+
 def cli_range(command: str, dest: str) -> Range | None:
     return CLI_ARGUMENTS.get(f"{command}:{dest}", CLI_ARGUMENTS.get(dest))

@@ -121,9 +121,7 @@ def _project_inputs(folder: Path, branch_file: Path | None, UserError):
 
 
 def _evaluate_downstream(args) -> None:
-    from tqdm import tqdm
-
-    from core.cli import UserError, use_threads
+    from core.cli import StageBar, UserError, use_threads
     from core.downstream.dataset import read_pairs, read_point_clouds
     from core.factory.dataset import DatasetError
     from core.downstream.evaluate import DownstreamRun
@@ -138,7 +136,7 @@ def _evaluate_downstream(args) -> None:
             clouds = read_point_clouds(args.dataset) if "pointclouds" in settings.parts else None
         except DatasetError as error:
             raise UserError(str(error)) from error
-    bar = _StageBar(tqdm)
+    bar = StageBar()
     try:
         run = DownstreamRun(backbone, annotations, settings, args.work, dataset, clouds, branch, progress=bar.update)
         results = run.run()
@@ -153,24 +151,6 @@ def _evaluate_downstream(args) -> None:
         print(json.dumps(results, indent=2))
     else:
         print(summary(results))
-
-
-class _StageBar:
-    """One tqdm bar per stage of the run; a new stage closes the previous bar."""
-
-    def __init__(self, tqdm):
-        self.tqdm, self.stage, self.bar = tqdm, None, None
-
-    def update(self, stage: str, done: int, total: int) -> None:
-        if stage != self.stage:
-            self.close()
-            self.stage, self.bar = stage, self.tqdm(total=total, desc=stage, leave=False, dynamic_ncols=True)
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        self.stage = self.bar = None
 
 
 def summary(results: dict) -> str:

@@ -6,26 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from core.limits import PITCH, YAW
-
-
-def _angle_range(angle):
-    """An argparse type for "A,B": two angles inside `angle` (core/limits.py), A <= B."""
-
-    def parse(text: str) -> tuple[float, float]:
-        import argparse
-
-        from core.limits import OutOfRange
-
-        try:
-            low, high = (angle.parse(part) for part in text.split(","))
-        except (ValueError, OutOfRange) as error:
-            raise argparse.ArgumentTypeError(f"expected two angles A,B in degrees, got {text!r}: {error}") from None
-        if low > high:
-            raise argparse.ArgumentTypeError(f"the range {text!r} ends before it starts")
-        return low, high
-
-    return parse
+from core.limits import PITCH, YAW, range_pair
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -57,9 +38,9 @@ def generate_parser(sub) -> None:
     p.add_argument("--views", type=int, default=defaults.views, help=f"views per identity V (default {defaults.views})")
     p.add_argument("--out", required=True, type=Path, help="output folder, e.g. PROJECT/datasets/NAME")
     p.add_argument("--size", type=int, default=defaults.size, help=f"image and label size in pixels (default {defaults.size})")
-    p.add_argument("--yaw-range", type=_angle_range(YAW), default=defaults.yaw_range, metavar="A,B",
+    p.add_argument("--yaw-range", type=range_pair(YAW, "angles in degrees"), default=defaults.yaw_range, metavar="A,B",
                    help="yaw range in degrees, uniform (default %(default)s)")
-    p.add_argument("--pitch-range", type=_angle_range(PITCH), default=defaults.pitch_range, metavar="A,B",
+    p.add_argument("--pitch-range", type=range_pair(PITCH, "angles in degrees"), default=defaults.pitch_range, metavar="A,B",
                    help="pitch range in degrees, uniform (default %(default)s)")
     p.add_argument("--truncation", type=float, default=defaults.truncation,
                    help="truncation psi (default 1: the procedural twins of the seeds, needed by evaluate factory)")

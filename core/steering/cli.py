@@ -4,35 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
-def _pair(text: str) -> tuple[float, float]:
-    import argparse
-
-    try:
-        low, high = (float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two numbers A,B, got {text!r}") from None
-    return low, high
-
-
-class _StageBar:
-    """One tqdm bar (with ETA) per phase; a new phase closes the previous bar."""
-
-    def __init__(self):
-        from tqdm import tqdm
-
-        self.tqdm, self.stage, self.bar = tqdm, None, None
-
-    def update(self, stage: str, done: int, total: int) -> None:
-        if stage != self.stage:
-            self.close()
-            self.stage, self.bar = stage, self.tqdm(total=total, desc=stage, leave=False, dynamic_ncols=True)
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        self.stage = self.bar = None
+from core.limits import PITCH, TRUNCATION, YAW, range_pair
 
 
 # ---------------------------------------------------------------------------- steer
@@ -58,9 +30,9 @@ def steer_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--components", type=int, default=d.components, help="mixture components (default %(default)s)")
     p.add_argument("--principal", type=int, default=d.principal, help="principal directions of w steered (default %(default)s)")
-    p.add_argument("--yaw-bounds", type=_pair, default=d.yaw_bounds, metavar="A,B", help="hard bounds (default %(default)s)")
-    p.add_argument("--pitch-bounds", type=_pair, default=d.pitch_bounds, metavar="A,B", help="hard bounds (default %(default)s)")
-    p.add_argument("--psi-bounds", type=_pair, default=d.psi_bounds, metavar="A,B", help="hard bounds (default %(default)s)")
+    p.add_argument("--yaw-bounds", type=range_pair(YAW, "angles in degrees"), default=d.yaw_bounds, metavar="A,B", help="hard bounds (default %(default)s)")
+    p.add_argument("--pitch-bounds", type=range_pair(PITCH, "angles in degrees"), default=d.pitch_bounds, metavar="A,B", help="hard bounds (default %(default)s)")
+    p.add_argument("--psi-bounds", type=range_pair(TRUNCATION, "truncation values"), default=d.psi_bounds, metavar="A,B", help="hard bounds (default %(default)s)")
     p.add_argument("--kl-weight", type=float, default=d.kl_weight, help="weight of KL(mixture || factory prior)")
     p.add_argument("--steer-steps", type=int, default=d.steer_steps, help="mixture updates per round")
     p.add_argument("--steer-identities", type=int, default=d.steer_identities, help="identities rendered per update")
@@ -75,7 +47,7 @@ def steer_parser(sub) -> None:
 
 
 def _steer(args) -> None:
-    from core.cli import UserError, use_threads
+    from core.cli import StageBar, UserError, use_threads
     from core.factory.generate import FactoryError
     from core.steering.rounds import SteerRequest, run_steering
 
@@ -88,7 +60,7 @@ def _steer(args) -> None:
                            steer_identities=args.steer_identities, max_loss=args.max_loss,
                            min_confidence=args.min_confidence, prior_fraction=args.prior_fraction,
                            finetune_steps=args.finetune_steps, resume=args.resume)
-    bar = _StageBar()
+    bar = StageBar()
     try:
         result = run_steering(request, bar.update)
     except FactoryError as error:
@@ -180,7 +152,7 @@ def _evaluate_steer(args) -> None:
     from dataclasses import replace
 
     from core.backbone import BackboneError, load_backbone
-    from core.cli import UserError, use_threads
+    from core.cli import StageBar, UserError, use_threads
     from core.factory.generate import FactoryError
     from core.project import default_label_set
     from core.steering.evaluate import SteerEvaluation, evaluate_steering, quick_settings
@@ -207,7 +179,7 @@ def _evaluate_steer(args) -> None:
             world = SteeringWorld(load_backbone("default"), None, default_label_set(), settings.size, 2)
     except (FactoryError, BackboneError) as error:
         raise UserError(str(error)) from error
-    bar = _StageBar()
+    bar = StageBar()
     try:
         results = evaluate_steering(world, settings, args.work, bar.update)
     except FactoryError as error:
