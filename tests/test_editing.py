@@ -20,6 +20,7 @@ from core.editing.store import edit_figures, read_latent, save_edit, write_laten
 from core.fitting.config import tiny_fit_config
 from core.generator.triplane import TriPlaneGenerator
 from core.semantic import SemanticBranch
+from project_support import project_on
 
 RES = 16
 NUM_CLASSES = 4
@@ -502,22 +503,11 @@ def test_an_edit_session_is_saved_with_its_figures(G, branch, tmp_path):
 # ---------------------------------------------------------------------------- command line
 @pytest.fixture
 def tiny_project(tmp_path, G, branch):
-    from core.checkpoint.studio_format import save_generator
     from core.project.labels import LabelSet
-    from core.project.records import BackboneRef
-    from core.project.store import Project
-    from core.semantic.checkpoint import checkpoint_name, save_branch
 
-    folder = tmp_path / "project"
-    folder.mkdir()
-    save_generator(G, folder / "tiny.safetensors")
-    reference = BackboneRef.for_file(folder / "tiny.safetensors", folder)
     labels = LabelSet.from_tuples([(0, "background", (0, 0, 0)), (1, "a", (255, 0, 0)), (2, "b", (0, 255, 0)),
                                    (3, "c", (0, 0, 255))])
-    with Project.create(folder, reference, labels):
-        pass
-    save_branch(branch, folder / "semantic" / checkpoint_name(1), reference.content_hash)
-    return folder
+    return project_on(tmp_path / "project", G, labels, branch, step=1)
 
 
 def test_invert_and_edit_from_the_command_line(tiny_project, tmp_path, capsys):

@@ -1,18 +1,17 @@
 """Paint elsewhere, train here: export-views, then masks from CVAT / labelme / COCO / PNG imported."""
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from core.checkpoint.studio_format import save_generator
 from core.cli import main
 from core.exchange import ExchangeError, import_annotations
 from core.fileio import read_rgb, write_indexed_png, write_png
 from core.generator.configs import tiny_config
 from core.generator.triplane import TriPlaneGenerator
-from core.project import UNLABELLED_ID, BackboneRef, Project, default_label_set
+from core.project import UNLABELLED_ID, Project, default_label_set
+from project_support import project_on
 
 SIZE = 16
 HEAD, LEFT_EAR = 1, 2
@@ -22,11 +21,8 @@ HEAD, LEFT_EAR = 1, 2
 def exported(tmp_path_factory):
     """A project on a tiny backbone and its export-views folder (2 identities x 2 views, CVAT)."""
     root = tmp_path_factory.mktemp("exchange")
-    folder = root / "project"
-    folder.mkdir()
-    save_generator(TriPlaneGenerator.from_config(tiny_config(plane_resolution=32, neural_resolution=SIZE), 0),
-                   folder / "tiny.safetensors")
-    Project.create(folder, BackboneRef.for_file(folder / "tiny.safetensors", folder), default_label_set()).close()
+    folder = project_on(root / "project",
+                        TriPlaneGenerator.from_config(tiny_config(plane_resolution=32, neural_resolution=SIZE), 0))
     out = root / "views"
     assert main(["export-views", "--project", str(folder), "--n", "2", "--views=-30,0;30,0", "--format", "cvat",
                  "--out", str(out), "--size", str(SIZE)]) == 0

@@ -72,23 +72,14 @@ def test_label_inversion_reports_accuracy_and_confidence(G, branch):
 
 
 def test_the_invert_command_prints_the_quality_and_warns(G, branch, tmp_path, capsys):
-    from core.checkpoint.studio_format import save_generator
     from core.cli import main
     from core.fileio import write_png
     from core.project.labels import LabelSet
-    from core.project.records import BackboneRef
-    from core.project.store import Project
-    from core.semantic.checkpoint import checkpoint_name, save_branch
+    from project_support import project_on
 
-    folder = tmp_path / "project"
-    folder.mkdir()
-    save_generator(G, folder / "tiny.safetensors")
-    reference = BackboneRef.for_file(folder / "tiny.safetensors", folder)
     labels = LabelSet.from_tuples([(0, "background", (0, 0, 0)), (1, "a", (255, 0, 0)), (2, "b", (0, 255, 0)),
                                    (3, "c", (0, 0, 255))])
-    with Project.create(folder, reference, labels):
-        pass
-    save_branch(branch, folder / "semantic" / checkpoint_name(1), reference.content_hash)
+    folder = project_on(tmp_path / "project", G, labels, branch, step=1)
     write_png(tmp_path / "noise.png", np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
     assert main(["invert", "--project", str(folder), "--image", str(tmp_path / "noise.png"), "--out",
                  str(tmp_path / "inv"), "--steps", "3", "--resolution", str(RES), "--threads", "1"]) == 0

@@ -7,34 +7,26 @@ import numpy as np
 import pytest
 import torch
 
-from core.checkpoint.studio_format import save_generator
 from core.cli import main
 from core.factory.dataset import FactoryDataset
 from core.generator.configs import tiny_config
 from core.generator.triplane import TriPlaneGenerator
 from core.procedural import NUM_CLASSES
-from core.project import BackboneRef, Project, default_label_set
-from core.semantic import SemanticBranch, save_branch
-from core.semantic.checkpoint import checkpoint_name
+from core.semantic import SemanticBranch
 from core.steering.distribution import Mixture, SteeredDistribution
 from core.steering.models import ModelError, load_model, new_model, save_model, sample_losses
 from core.steering.rounds import SteerRequest, SteeringError, run_steering
+from project_support import project_on
 
 SIZE = 16
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("steer") / "project"
-    folder.mkdir()
     generator = TriPlaneGenerator.from_config(tiny_config(plane_resolution=32, neural_resolution=SIZE), 0)
-    save_generator(generator, folder / "tiny.safetensors")
-    with Project.create(folder, BackboneRef.for_file(folder / "tiny.safetensors", folder), default_label_set()) as p:
-        backbone = p.load_backbone()
     torch.manual_seed(3)
-    branch = SemanticBranch.for_generator(backbone.generator, NUM_CLASSES)
-    save_branch(branch, folder / "semantic" / checkpoint_name(5), backbone.content_hash, step=5)
-    return folder
+    branch = SemanticBranch.for_generator(generator, NUM_CLASSES)
+    return project_on(tmp_path_factory.mktemp("steer") / "project", generator, branch=branch, step=5)
 
 
 @pytest.fixture(scope="module")
