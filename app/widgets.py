@@ -223,7 +223,8 @@ class LabelLegend(QWidget):
             label_id, name, colour = (label.id, label.name, label.colour) if hasattr(label, "id") else label
             if present is not None and label_id not in present:
                 continue
-            chip = QLabel(f'<span style="background-color: rgb{tuple(colour)};">&nbsp;&nbsp;&nbsp;&nbsp;</span> {name}')
+            red, green, blue = (int(c) for c in colour)  # numpy 2 would print np.uint8(...), which CSS ignores
+            chip = QLabel(f'<span style="background-color: rgb({red}, {green}, {blue});">&nbsp;&nbsp;&nbsp;&nbsp;</span> {name}')
             chip.setToolTip(f"label id {label_id}")
             self._layout.addWidget(chip)
             self.entries.append(name)

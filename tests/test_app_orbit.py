@@ -202,3 +202,19 @@ def test_preview_frames_use_fewer_ray_samples_and_leave_default_renders_alone():
     assert np.array_equal(again.image.numpy(), default.image.numpy())  # the override was for one call only
     with pytest.raises(ValueError, match="coarse samples"):
         backbone.render(identity, camera, samples_per_ray=(1, 0))
+
+
+def test_legend_swatches_show_numpy_palette_colours(qtbot):
+    """Orbit hands the legend rows of a numpy palette; each swatch must be drawn in its colour."""
+    from app.widgets import LabelLegend
+
+    legend = LabelLegend()
+    qtbot.addWidget(legend)
+    palette = np.array([[0, 0, 0], [200, 30, 40]], np.uint8)
+    legend.set_labels([(i, name, palette[i]) for i, name in enumerate(["background", "head"])])
+    legend.resize(400, 40)
+    legend.show()
+    qtbot.waitExposed(legend)
+    image = legend.grab().toImage()
+    colours = {image.pixelColor(x, y).getRgb()[:3] for x in range(image.width()) for y in range(image.height())}
+    assert (200, 30, 40) in colours
