@@ -165,6 +165,35 @@ def test_segmentation_rounds(project, models, tmp_path):
     assert labels.max() < NUM_CLASSES
 
 
+def test_replay_mixes_the_replayed_dataset_into_fine_tuning(project, models, reference, tmp_path, monkeypatch):
+    from core.steering import rounds
+
+    real_train, seen = rounds.train_steps, []
+
+    def recording(model, images, targets, settings, progress=None, weights=None):
+        seen.append((images.copy(), weights))
+        return real_train(model, images, targets, settings, progress, weights)
+
+    monkeypatch.setattr(rounds, "train_steps", recording)
+    replayed = reference / "round_02"  # any factory dataset: 4 samples unlike the run's own
+    plain = run_steering(request_for(project, models / "pose.pt", tmp_path / "plain", rounds=1))
+    mixed = run_steering(request_for(project, models / "pose.pt", tmp_path / "mixed", rounds=1, replay=replayed,
+                                     replay_fraction=0.75, finetune_steps=4))
+    (plain_images, plain_weights), (mixed_images, weights) = seen
+    assert plain_weights is None and len(plain_images) == 4 and len(mixed_images) == 8
+    replay_images = FactoryDataset(replayed)
+    assert np.array_equal(mixed_images[:4], plain_images)  # the round's own samples, then the replayed ones
+    assert np.allclose(weights, [0.25 / 4] * 4 + [0.75 / 4] * 4) and len(replay_images) == 4
+    assert mixed.history[0]["tuned"]["replayed"] == 4 and plain.history[0]["tuned"].get("replayed") == 0
+    knobs = json.loads((tmp_path / "mixed" / "round_01" / "manifest.json").read_text())["steering"]["knobs"]
+    assert knobs["replay"] == str(replayed) and knobs["replay_fraction"] == 0.75
+    assert "replay" not in json.loads((tmp_path / "plain" / "round_01" / "manifest.json").read_text())["request"]
+    with pytest.raises(SteeringError, match="--replay"):
+        run_steering(request_for(project, models / "pose.pt", tmp_path / "bad", replay=tmp_path / "none"))
+    with pytest.raises(SteeringError, match="--replay-fraction"):
+        run_steering(request_for(project, models / "pose.pt", tmp_path / "bad", replay=replayed, replay_fraction=1.0))
+
+
 # ---------------------------------------------------------------------------- the command line
 @pytest.fixture
 def keep_threads():
@@ -195,8 +224,14 @@ def test_cli_train_frozen_steer_and_evaluate(project, reference, tmp_path, capsy
     assert "model file not found" in capsys.readouterr().err
 
     assert main(["evaluate", "steer", "--quick", "--json", "--project", str(project), "--threads", "1",
-                 "--work", str(tmp_path / "eval")]) == 0
+                 "--work", str(tmp_path / "eval"), "--replay-fraction", "0.5"]) == 0
     results = json.loads(capsys.readouterr().out)
+    # both fine-tuned arms replayed the frozen model's own training renders, written as a factory dataset
+    assert results["settings"]["replay_fraction"] == 0.5 and len(FactoryDataset(tmp_path / "eval" / "pretrain")) == 8
+    for arm in ("uniform", "steered"):
+        state = json.loads((tmp_path / "eval" / arm / "state.json").read_text())
+        assert state["request"]["replay"] == str(tmp_path / "eval" / "pretrain")
+        assert state["rounds"]["1"]["tuned"]["replayed"] == 8
     for arm in ("frozen", "uniform", "steered"):
         for test in ("in_distribution", "out_of_distribution"):
             assert np.isfinite(results[arm][test]["pose_error_deg"]) and results[arm][test]["images"] == 8

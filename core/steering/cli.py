@@ -42,6 +42,10 @@ def steer_parser(sub) -> None:
     p.add_argument("--prior-fraction", type=float, default=d.prior_fraction,
                    help="share of each round's samples drawn from the factory prior (default %(default)s)")
     p.add_argument("--finetune-steps", type=int, default=d.finetune_steps, help="fine-tuning steps per round")
+    p.add_argument("--replay", type=Path, help="factory dataset folder replayed while fine-tuning (e.g. the frozen "
+                                               "model's own training data), as PoseGen mixes real data")
+    p.add_argument("--replay-fraction", type=float, default=d.replay_fraction,
+                   help="share of each fine-tuning batch drawn from --replay (default %(default)s)")
     add_threads_argument(p)
     p.set_defaults(run=_steer)
 
@@ -59,7 +63,8 @@ def _steer(args) -> None:
                            kl_weight=args.kl_weight, steer_steps=args.steer_steps,
                            steer_identities=args.steer_identities, max_loss=args.max_loss,
                            min_confidence=args.min_confidence, prior_fraction=args.prior_fraction,
-                           finetune_steps=args.finetune_steps, resume=args.resume)
+                           finetune_steps=args.finetune_steps, replay=args.replay,
+                           replay_fraction=args.replay_fraction, resume=args.resume)
     bar = StageBar()
     try:
         result = run_steering(request, bar.update)
@@ -142,6 +147,8 @@ def add_steer_evaluation(what) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--kl-weight", type=float, help="steered arm: weight of KL(mixture || prior) (default 0.5)")
     p.add_argument("--prior-fraction", type=float, help="steered arm: share of prior samples per round (default 0.75)")
+    p.add_argument("--replay-fraction", type=float,
+                   help="both fine-tuned arms: share of each batch replaying the pre-training renders (default 0)")
     p.add_argument("--work", type=Path, help="folder keeping models and rounds (resumable)")
     add_threads_argument(p)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -165,7 +172,9 @@ def _evaluate_steer(args) -> None:
             if getattr(args, name) < (0 if name == "seed" else 1):
                 raise UserError(f"--{name} must be {'non-negative' if name == 'seed' else 'at least 1'}")
             settings = replace(settings, **{name: getattr(args, name)})
-    for name in ("kl_weight", "prior_fraction"):
+    if args.replay_fraction is not None and not 0 <= args.replay_fraction < 1:
+        raise UserError("--replay-fraction must lie in [0, 1)")
+    for name in ("kl_weight", "prior_fraction", "replay_fraction"):
         if getattr(args, name) is not None:
             settings = replace(settings, **{name: getattr(args, name)})
     if settings.samples % settings.views:

@@ -16,6 +16,8 @@ One seed per call (--seed); the issue's proof wants 3 (see docs/steering.md).
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -28,11 +30,12 @@ from core.camera import Camera
 from core.downstream.testsets import CLASS_NAMES, INDIVIDUAL_SEEDS, TEST_BACKGROUND
 from core.downstream.training import segmentation_figures
 from core.fileio import atomic_write_json
+from core.factory.generate import depth_scale_for, sample_name
 from core.procedural import HeadParams, ProceduralHead, latent_for_seed
 from core.steering.distribution import SteeredDistribution
 from core.steering.models import FrozenModel, TrainSettings, evaluate_outputs, new_model, save_model, train_steps
 from core.steering.render import SteeringWorld, steer_seed, targets_of
-from core.steering.rounds import SteerRequest, run_steering
+from core.steering.rounds import SteerRequest, run_steering, write_dataset_files, write_sample
 
 IN_DISTRIBUTION = {"yaw": (0.0, 45.0), "pitch": (0.0, 20.0), "psi": (1.0, 1.0)}  # |angle| ranges, either sign
 OUT_OF_DISTRIBUTION = {"yaw": (60.0, 90.0), "pitch": (30.0, 40.0), "psi": (1.0, 1.3)}
@@ -58,6 +61,7 @@ class SteerEvaluation:
     finetune_steps: int = 100
     kl_weight: float = 0.5
     prior_fraction: float = 0.75
+    replay_fraction: float = 0.0  # both fine-tuned arms: share of each batch from the pre-training data (0 = none)
     seed: int = 0
 
 
@@ -105,16 +109,47 @@ def relative_gain(task: str, uniform: dict, steered: dict) -> float:
     return (steered["miou"] - uniform["miou"]) / max(uniform["miou"], 1e-9)
 
 
-def pretrain(world: SteeringWorld, settings: SteerEvaluation, path: Path, progress=None) -> FrozenModel:
-    """The model to be frozen, trained on prior renders (the 'public dataset' of the setting)."""
+def pretrain_samples(world: SteeringWorld, settings: SteerEvaluation):
+    """The pre-training renders (the 'public dataset' of the setting): prior draws, fixed by the seed."""
     bounds = SteerRequest(Path("."), Path("."), settings.task, Path("."), principal=len(world.sigmas)).bounds()
     distribution = SteeredDistribution(bounds, len(world.sigmas), 1, 0)  # only its prior_draw is used
     identities = max(1, settings.pretrain_samples // settings.views)
     generator = torch.Generator().manual_seed(settings.seed + 7)
     draws = distribution.prior_draw(identities, settings.views, generator)
     seeds = [steer_seed(settings.seed, 999, i) for i in range(identities)]
-    samples = world.render(seeds, distribution.identity.physical(draws.identity).numpy(),
-                           distribution.camera.physical(draws.camera).numpy(), settings.views)
+    identity = distribution.identity.physical(draws.identity).numpy()
+    samples = world.render(seeds, identity, distribution.camera.physical(draws.camera).numpy(), settings.views)
+    return samples, seeds, identity
+
+
+def write_pretrain_dataset(world: SteeringWorld, settings: SteerEvaluation, request: SteerRequest, folder: Path,
+                           rendered=None) -> None:
+    """The pre-training renders in the factory layout, so fine-tuning can replay them (--replay)."""
+    samples, seeds, identity = rendered or pretrain_samples(world, settings)
+    partial = folder.with_name(folder.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    for name in ("images", "labels", "depth"):
+        (partial / name).mkdir(parents=True)
+    depth_scale = depth_scale_for(world.backbone.rendering_kwargs)
+    palette, camera, records = world.label_set.palette(), world.backbone.camera(0, 0), {}
+    for index in range(len(samples)):
+        identity_index, view = divmod(index, settings.views)
+        name = sample_name(identity_index, view)
+        write_sample(partial, world, samples, index, name, depth_scale, palette)
+        records[name] = {"identity": identity_index, "seed": seeds[identity_index], "view": view,
+                         "yaw": float(samples.angles[index, 0]), "pitch": float(samples.angles[index, 1]),
+                         "radius": camera.radius, "fov": camera.fov,
+                         "label": [float(v) for v in samples.camera_labels[index]],
+                         "psi": float(identity[identity_index, 0]),
+                         "pc_offsets": [float(v) for v in identity[identity_index, 1:]], "source": "pretrain"}
+    write_dataset_files(partial, request, world, depth_scale, records, len(seeds), distribution=None)
+    os.replace(partial, folder)
+
+
+def pretrain(world: SteeringWorld, settings: SteerEvaluation, path: Path, progress=None, rendered=None) -> FrozenModel:
+    """The model to be frozen, trained on the pre-training renders."""
+    samples = (rendered or pretrain_samples(world, settings))[0]
     num_classes = max(world.label_set.ids) + 1
     model = new_model(settings.task, settings.size, num_classes, settings.width, settings.seed)
     train_steps(model, samples.rgb, targets_of(settings.task, samples),
@@ -138,16 +173,23 @@ def evaluate_steering(world: SteeringWorld, settings: SteerEvaluation, work: Pat
     work.mkdir(parents=True, exist_ok=True)
     try:
         tests = {name: test_set(name, settings.test_images, settings.size) for name in TEST_SEEDS}
-        frozen_path = work / "frozen.pt"
-        started = time.process_time()
-        if not frozen_path.is_file():
-            pretrain(world, settings, frozen_path, report)
-        seconds = {"pretrain": time.process_time() - started}
+        frozen_path, replay = work / "frozen.pt", work / "pretrain"
         base = SteerRequest(project=work, model=frozen_path, task=settings.task, out=work / "steered",
                             rounds=settings.rounds, samples=settings.samples, views=settings.views,
                             size=settings.size, seed=settings.seed, steer_steps=settings.steer_steps,
                             steer_identities=settings.steer_identities, finetune_steps=settings.finetune_steps,
                             kl_weight=settings.kl_weight, prior_fraction=settings.prior_fraction, resume=True)
+        started = time.process_time()
+        # pre-training is deterministic: a frozen.pt copied in from another run of the seed is this one
+        rendered = None if frozen_path.is_file() and (replay.is_dir() or not settings.replay_fraction) \
+            else pretrain_samples(world, settings)
+        if not frozen_path.is_file():
+            pretrain(world, settings, frozen_path, report, rendered)
+        seconds = {"pretrain": time.process_time() - started}
+        if settings.replay_fraction:
+            if not replay.is_dir():
+                write_pretrain_dataset(world, settings, base, replay, rendered)
+            base = replace(base, replay=replay, replay_fraction=settings.replay_fraction)
         requests = {"uniform": replace(base, out=work / "uniform", steer_steps=0, prior_fraction=1.0),
                     "steered": base}
         models = {"frozen": frozen_path}

@@ -177,9 +177,10 @@ class TrainSettings:
 
 
 def train_steps(model: FrozenModel, images: np.ndarray, targets: np.ndarray, settings: TrainSettings,
-                progress=None) -> list[float]:
+                progress=None, weights: np.ndarray | None = None) -> list[float]:
     """Train `model` in place on uint8 images (N, H, W, 3) and targets (labels (N, H, W) or angles
-    (N, 2)) for `settings.steps` Adam steps with a cosine schedule; returns the loss per step."""
+    (N, 2)) for `settings.steps` Adam steps with a cosine schedule; returns the loss per step.
+    `weights` (N,), summing to 1, are the samples' batch draw probabilities (default uniform)."""
     if len(images) == 0:
         raise ValueError("there are no training samples")
     torch.manual_seed(settings.seed)
@@ -191,7 +192,8 @@ def train_steps(model: FrozenModel, images: np.ndarray, targets: np.ndarray, set
     model.module.train()
     history = []
     for step in range(settings.steps):
-        index = rng.integers(0, len(images), settings.batch_size)
+        index = (rng.integers(0, len(images), settings.batch_size) if weights is None
+                 else rng.choice(len(images), settings.batch_size, p=weights))
         batch = torch.from_numpy(images[index].astype(np.float32) / 255.0).permute(0, 3, 1, 2)
         loss = model.sample_losses(batch, torch.from_numpy(np.asarray(targets[index]))).mean()
         optimizer.zero_grad(set_to_none=True)

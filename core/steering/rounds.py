@@ -81,12 +81,18 @@ class SteerRequest:
     finetune_steps: int = 50
     finetune_batch: int = 16
     finetune_lr: float = 5e-4
+    # replay (as PoseGen mixes real data): a factory dataset folder, e.g. the frozen model's own
+    # training data, of which each fine-tuning batch draws `replay_fraction`; None = no replay
+    replay: Path | None = None
+    replay_fraction: float = 0.5
     resume: bool = False
     device: str = "cpu"
 
     def asked(self) -> dict:
         values = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
                   for k, v in asdict(self).items() if k not in ("resume", "device", "out")}
+        if self.replay is None:  # a run without replay keeps the request (and state.json) it had before the knob
+            del values["replay"], values["replay_fraction"]
         return values
 
     def bounds(self) -> dict:
@@ -119,6 +125,10 @@ def _check(request: SteerRequest) -> None:
         problems.append("--size must be a multiple of 4, at least 8")
     if not 0.0 <= request.prior_fraction <= 1.0:
         problems.append("--prior-fraction must lie in [0, 1]")
+    if not 0.0 <= request.replay_fraction < 1.0:
+        problems.append("--replay-fraction must lie in [0, 1)")
+    if request.replay is not None and not Path(request.replay).is_dir():
+        problems.append(f"--replay {request.replay}: not a dataset folder")
     if request.kl_weight < 0 or request.max_draws < 1:
         problems.append("--kl-weight cannot be negative and --max-draws must be at least 1")
     for name, (low, high) in (("yaw", request.yaw_bounds), ("pitch", request.pitch_bounds),
@@ -303,10 +313,7 @@ def generate_round(world, model, distribution, request: SteerRequest, round_inde
                 dropped += 1
                 continue
             name = sample_name(index, view)
-            write_png(folder / "images" / f"{name}.png", samples.rgb[view])
-            write_indexed_png(folder / "labels" / f"{name}.png", samples.labels[view], palette)
-            write_png(folder / "depth" / f"{name}.png",
-                      depth_to_png(samples.depth[view], samples.alpha[view], world.alpha_threshold, depth_scale))
+            write_sample(folder, world, samples, view, name, depth_scale, palette)
             records[name] = {"identity": index, "seed": seed, "view": view, "yaw": float(angles[view, 0]),
                              "pitch": float(angles[view, 1]), "radius": camera.radius, "fov": camera.fov,
                              "label": [float(v) for v in samples.camera_labels[view]],
@@ -315,12 +322,21 @@ def generate_round(world, model, distribution, request: SteerRequest, round_inde
             kept_losses.append(float(losses[view]))
         index += 1
         report("generate", len(records), wanted)
-    _write_dataset_files(folder, request, world, depth_scale, records, index)
+    write_dataset_files(folder, request, world, depth_scale, records, index)
     return {"samples": len(records), "dropped": dropped, "identities": index,
             "mean_model_loss": float(np.mean(kept_losses)) if kept_losses else math.nan}
 
 
-def _write_dataset_files(folder: Path, request, world, depth_scale: float, records: dict, identities: int) -> None:
+def write_sample(folder: Path, world, samples: Samples, view: int, name: str, depth_scale: float, palette) -> None:
+    """Write one view's image, label map and depth PNG into the factory layout under `folder`."""
+    write_png(folder / "images" / f"{name}.png", samples.rgb[view])
+    write_indexed_png(folder / "labels" / f"{name}.png", samples.labels[view], palette)
+    write_png(folder / "depth" / f"{name}.png",
+              depth_to_png(samples.depth[view], samples.alpha[view], world.alpha_threshold, depth_scale))
+
+
+def write_dataset_files(folder: Path, request, world, depth_scale: float, records: dict, identities: int,
+                        distribution: str | None = "distribution.json") -> None:
     from core.checkpoint.studio_format import file_sha256
 
     atomic_write_json(folder / "labels.json", world.label_set.to_json())
@@ -342,7 +358,7 @@ def _write_dataset_files(folder: Path, request, world, depth_scale: float, recor
         "depth_scale": depth_scale,
         "samples_per_identity": request.views,
         "identities_done": identities, "complete": True,
-        "steering": {"distribution": "distribution.json", "knobs": request.asked()},
+        "steering": {"distribution": distribution, "knobs": request.asked()},
     })
 
 
@@ -383,8 +399,15 @@ def round_training_data(out: Path, request: SteerRequest, rounds: int):
 
 def finetune(model: FrozenModel, out: Path, request: SteerRequest, round_index: int, report) -> dict:
     images, targets = round_training_data(out, request, round_index)
+    rounds_samples, weights = len(images), None
+    if request.replay is not None:  # batches draw replay_fraction from the replayed set, the rest from the rounds'
+        replay_images, replay_targets, _ = read_training_data(request.replay, request.task, request.size)
+        images, targets = np.concatenate([images, replay_images]), np.concatenate([targets, replay_targets])
+        weights = np.concatenate([np.full(rounds_samples, (1 - request.replay_fraction) / rounds_samples),
+                                  np.full(len(replay_images), request.replay_fraction / len(replay_images))])
     settings = TrainSettings(request.finetune_steps, request.finetune_batch, request.finetune_lr,
                              seed=int(np.random.SeedSequence([request.seed, round_index, 2]).generate_state(1)[0]))
-    history = train_steps(model, images, targets, settings, lambda step, total, _: report("finetune", step, total))
-    return {"samples": len(images), "first_loss": history[0] if history else math.nan,
-            "last_loss": history[-1] if history else math.nan}
+    history = train_steps(model, images, targets, settings, lambda step, total, _: report("finetune", step, total),
+                          weights=weights)
+    return {"samples": rounds_samples, "replayed": len(images) - rounds_samples,
+            "first_loss": history[0] if history else math.nan, "last_loss": history[-1] if history else math.nan}
