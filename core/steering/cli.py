@@ -148,7 +148,7 @@ def add_steer_evaluation(what) -> None:
     p.add_argument("--kl-weight", type=float, help="steered arm: weight of KL(mixture || prior) (default 0.5)")
     p.add_argument("--prior-fraction", type=float, help="steered arm: share of prior samples per round (default 0.75)")
     p.add_argument("--replay-fraction", type=float,
-                   help="both fine-tuned arms: share of each batch replaying the pre-training renders (default 0)")
+                   help="both fine-tuned arms: share of each batch replaying the pre-training renders (default 0.25; 0 = none)")
     p.add_argument("--work", type=Path, help="folder keeping models and rounds (resumable)")
     add_threads_argument(p)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")

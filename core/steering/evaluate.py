@@ -61,7 +61,7 @@ class SteerEvaluation:
     finetune_steps: int = 100
     kl_weight: float = 0.5
     prior_fraction: float = 0.75
-    replay_fraction: float = 0.0  # both fine-tuned arms: share of each batch from the pre-training data (0 = none)
+    replay_fraction: float = 0.25  # both fine-tuned arms: share of each batch from the pre-training data (0 = none)
     seed: int = 0
 
 
