@@ -24,6 +24,7 @@ from app.factory import GenerateDialog
 from app.orbit import OrbitWorkspace
 from app.edit import EDIT_SHORTCUTS_HELP, EditWorkspace
 from app.semantic import load_project_branch
+from app.steering import HardSamplesDialog
 from app.training import TrainDialog
 from app.widgets import placeholder
 from app.workers import run_in_background
@@ -48,6 +49,7 @@ class MainWindow(QMainWindow):
         self._tasks: set = set()
         self.train_dialog: TrainDialog | None = None
         self.generate_dialog: GenerateDialog | None = None
+        self.hard_samples_dialog: HardSamplesDialog | None = None
         self._last_error = ("", 0.0)
         self._skipped_annotations: set = set()  # damaged annotations the user chose to skip this session
         self.setWindowTitle("DatasetNeRF Studio")
@@ -206,9 +208,24 @@ class MainWindow(QMainWindow):
         self.generate_dialog.show()
         self.generate_dialog.raise_()
 
+    def hard_samples(self) -> None:
+        """Open (or bring back) the Hard samples dialog: steered generation against a frozen model."""
+        if self.project is None:
+            show_error(self, "Hard Samples", "Open or create a project first: steering renders with its backbone "
+                                             "(and, for segmentation, its trained semantic branch).")
+            return
+        if not self.project.writable:
+            show_error(self, "Hard Samples", self._read_only_note("steering writes its rounds there"))
+            return
+        if self.hard_samples_dialog is None:
+            self.hard_samples_dialog = HardSamplesDialog(self.project, self.device.type, self)
+            self.hard_samples_dialog.busy_changed.connect(lambda busy: self._set_busy("Steering", busy))
+        self.hard_samples_dialog.show()
+        self.hard_samples_dialog.raise_()
+
     def _end_project_jobs(self) -> None:
         """Before the project closes: training and generation stop (keeping what they wrote), dialogs go."""
-        for name in ("train_dialog", "generate_dialog"):
+        for name in ("train_dialog", "generate_dialog", "hard_samples_dialog"):
             dialog = getattr(self, name)
             if dialog is not None:
                 dialog.stop_and_wait()
@@ -433,6 +450,7 @@ class MainWindow(QMainWindow):
         self._add_action(project_menu, "Edit &Labels…", self.edit_labels)
         self._add_action(project_menu, "&Train Semantic Branch…", self.train_semantic_branch, QKeySequence("Ctrl+T"))
         self._add_action(project_menu, "&Generate Dataset…", self.generate_dataset, QKeySequence("Ctrl+G"))
+        self._add_action(project_menu, "&Hard Samples…", self.hard_samples, QKeySequence("Ctrl+Shift+G"))
         help_menu = self.menuBar().addMenu("&Help")
         self._add_action(help_menu, "Keyboard &Shortcuts", self.show_shortcuts, QKeySequence("F1"))
 

@@ -141,6 +141,27 @@ def load_model(path, task: str | None = None, input_size: int | None = None) -> 
     return model
 
 
+def read_declaration(path) -> dict:
+    """The `studio.json` declaration of a TorchScript file without loading its code ({} when it
+    has none): a TorchScript file is a zip archive holding extra files under ARCHIVE/extra/."""
+    import zipfile
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(f"/extra/{DECLARATION}")]
+            text = archive.read(names[0]).decode("utf-8") if names else ""
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError) as error:
+        raise ModelError(f"{path}: not a TorchScript model ({error})") from error
+    try:
+        declared = json.loads(text) if text else {}
+    except ValueError as error:
+        raise ModelError(f"{path}: its {DECLARATION} is not JSON ({error})") from error
+    if not isinstance(declared, dict):
+        raise ModelError(f"{path}: its {DECLARATION} must be a JSON object")
+    return declared
+
+
 def _probe(model: FrozenModel, path: Path) -> None:
     """Run two blank images through the model and check what comes back."""
     module_was_training = model.module.training
