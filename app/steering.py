@@ -21,7 +21,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices, QImage, QPixmap
-from PySide6.QtWidgets import (QComboBox, QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+from PySide6.QtWidgets import (QComboBox, QCheckBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                                QProgressBar, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
 
 from app.widgets import label_lut
@@ -137,7 +137,12 @@ class HardSamplesDialog(JobDialog):
             views=self._views.value(), size=self._size.value(),
             input_size=None if self.declared.get("input_size") else self._input_size.value(),
             seed=self._seed.value(), steer_steps=self._steer_steps.value(),
-            finetune_steps=self._finetune_steps.value(), resume=self._resume.isChecked(), device=self.device)
+            finetune_steps=self._finetune_steps.value(), replay=self.replay_folder(),
+            replay_fraction=self._replay_fraction.value(), resume=self._resume.isChecked(), device=self.device)
+
+    def replay_folder(self) -> Path | None:
+        text = self._replay.text().strip()
+        return Path(text) if text else None
 
     def set_model(self, path: str) -> None:
         """Take the task and input size from the file's studio.json where it declares them."""
@@ -184,6 +189,11 @@ class HardSamplesDialog(JobDialog):
         path = QFileDialog.getExistingDirectory(self, "Output folder", str(self.output_folder().parent))
         if path:
             self._out.setText(path)
+
+    def choose_replay(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Dataset to replay", str(Path(self.project.folder) / "datasets"))
+        if path:
+            self._replay.setText(path)
 
     def open_folder(self) -> None:
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.output_folder())))
@@ -386,6 +396,15 @@ class HardSamplesDialog(JobDialog):
         form.addRow("Steering updates", self._steer_steps)
         self._finetune_steps = QSpinBox(minimum=0, maximum=1_000_000, value=50)
         form.addRow("Fine-tuning steps", self._finetune_steps)
+        self._replay = QLineEdit(placeholderText="none")
+        self._replay.setToolTip("A factory dataset (e.g. the model's own training data) mixed into every "
+                                "fine-tuning batch, so the model keeps what it knew")
+        form.addRow("Replay dataset", self._row(self._replay, QPushButton("Browse…", clicked=self.choose_replay)))
+        defaults = SteerRequest(Path("."), Path("."), "pose", Path("."))
+        self._replay_fraction = QDoubleSpinBox(minimum=0.0, maximum=0.95, singleStep=0.05,
+                                               value=defaults.replay_fraction)
+        self._replay_fraction.setToolTip("Share of each fine-tuning batch drawn from the replay dataset")
+        form.addRow("Replay share", self._replay_fraction)
         self._seed = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
         self._seed.setToolTip("The same seed and settings give the same files")
         form.addRow("Seed", self._seed)
@@ -393,7 +412,8 @@ class HardSamplesDialog(JobDialog):
         form.addRow(self._resume)
         left.addLayout(form)
         self._request_widgets = [self._model, self._out, self._rounds, self._samples, self._views, self._size,
-                                 self._steer_steps, self._finetune_steps, self._seed]
+                                 self._steer_steps, self._finetune_steps, self._replay, self._replay_fraction,
+                                 self._seed]
         self._progress = QProgressBar()
         left.addWidget(self._progress)
         self._status = QLabel("Ready.", wordWrap=True)

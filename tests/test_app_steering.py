@@ -112,6 +112,29 @@ def test_stop_keeps_the_finished_phases_and_resume_finishes(dialog_for, models, 
     assert "round 2" in dialog._strip_title.text()
 
 
+def test_replaying_a_dataset_from_the_dialog(dialog_for, models, qtbot, messages):
+    dialog = dialog_for(models / "pose.pt")
+    dialog._replay.setText(str(dialog.output_folder().parent / "missing"))
+    dialog.start()
+    qtbot.waitUntil(lambda: bool(messages), timeout=60000)
+    assert "not a dataset folder" in messages[-1][1]
+    qtbot.waitUntil(lambda: not dialog.is_running(), timeout=10000)
+    dialog._replay.clear()
+    dialog.start()  # a first run; its round folder is a factory dataset to replay in a second one
+    qtbot.waitUntil(lambda: dialog.result is not None and not dialog.is_running(), timeout=120000)
+    replayed = dialog.output_folder() / "round_01"
+    dialog._out.setText("run2")
+    dialog._replay.setText(str(replayed))
+    dialog._replay_fraction.setValue(0.5)
+    dialog.result = None
+    dialog.start()
+    qtbot.waitUntil(lambda: dialog.result is not None and not dialog.is_running(), timeout=120000)
+    assert len(messages) == 1
+    state = read_state(dialog.output_folder())
+    assert state["request"]["replay"] == str(replayed) and state["request"]["replay_fraction"] == 0.5
+    assert state["rounds"]["1"]["tuned"]["replayed"] == 4
+
+
 def test_a_bad_model_file_is_refused_in_the_dialog(dialog_for, models, qtbot, messages):
     dialog = dialog_for(models / "junk.pt")
     assert "not a TorchScript model" in dialog._model_note.text() and dialog._task.isEnabled()
