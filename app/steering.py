@@ -46,8 +46,17 @@ class SteeringJob(StoppableJob):
         self.request = request
 
     def work(self):
-        return run_steering(self.request, progress=lambda *report: self.progressed.emit(report),
-                            should_stop=self.should_stop)
+        seen = {"phase": None, "done": 0, "state": {}}
+
+        def report(phase: str, done: int, total: int) -> None:
+            # read here, in step with the core: state.json then holds exactly the phases before this one,
+            # which the GUI thread (handling the report later) could not know any more
+            if phase != seen["phase"] or done <= seen["done"]:
+                seen["state"] = read_state(self.request.out) or {}
+            seen["phase"], seen["done"] = phase, done
+            self.progressed.emit((phase, done, total, seen["state"]))
+
+        return run_steering(self.request, progress=report, should_stop=self.should_stop)
 
 
 # ---------------------------------------------------------------------------- reading a run
@@ -214,11 +223,10 @@ class HardSamplesDialog(JobDialog):
         return units + (current or 0)
 
     def _show_progress(self, report) -> None:
-        phase, done, total = report
+        phase, done, total, state = report  # state: the run's state.json when the core made this report
         if phase != self._phase:  # a phase ended: the round's figures are on disk now
             self._phase = phase
             self.refresh_run()
-        state = read_state(self.output_folder()) or {}
         rounds = self._rounds.value()
         current_round = min(rounds, len(finished_rounds(state)) + 1) if state else 1
         units = self._units_done(state, done)
@@ -250,7 +258,8 @@ class HardSamplesDialog(JobDialog):
         self._resume.setEnabled(state is not None and not self.is_running())
         self._resume.setChecked(state is not None)
         if state is not None:
-            self._resume.setText(f"Resume the run in this folder ({len(finished_rounds(state))} rounds finished)")
+            done = len(finished_rounds(state))
+            self._resume.setText(f"Resume the run in this folder ({done} round{'' if done == 1 else 's'} finished)")
         else:
             self._resume.setText("Resume the run in this folder")
         self._open_button.setEnabled(self.output_folder().is_dir())
@@ -369,7 +378,8 @@ class HardSamplesDialog(JobDialog):
                            wordWrap=True))
         self._model = QLineEdit(placeholderText="TorchScript model (.pt), e.g. from main.py train-frozen")
         self._model.editingFinished.connect(self._read_model)
-        form.addRow("Frozen model", self._row(self._model, QPushButton("Browse…", clicked=self.choose_model)))
+        self._model_row = self._row(self._model, QPushButton("Browse…", clicked=self.choose_model))
+        form.addRow("Frozen model", self._model_row)
         self._model_note = QLabel(wordWrap=True)
         self._model_note.setStyleSheet("color: #888;")
         form.addRow("", self._model_note)
@@ -382,7 +392,8 @@ class HardSamplesDialog(JobDialog):
         self._out = QLineEdit(time.strftime("hard-%Y%m%d-%H%M"))
         self._out.setToolTip(f"A folder under {Path(self.project.folder) / STEERING_FOLDER}, or an absolute path")
         self._out.textChanged.connect(lambda _: self._update_resume())
-        form.addRow("Output folder", self._row(self._out, QPushButton("Browse…", clicked=self.choose_output)))
+        self._out_row = self._row(self._out, QPushButton("Browse…", clicked=self.choose_output))
+        form.addRow("Output folder", self._out_row)
         self._rounds = QSpinBox(minimum=1, maximum=1000, value=2)
         form.addRow("Rounds", self._rounds)
         self._samples = QSpinBox(minimum=1, maximum=1_000_000, value=32)
@@ -399,7 +410,8 @@ class HardSamplesDialog(JobDialog):
         self._replay = QLineEdit(placeholderText="none")
         self._replay.setToolTip("A factory dataset (e.g. the model's own training data) mixed into every "
                                 "fine-tuning batch, so the model keeps what it knew")
-        form.addRow("Replay dataset", self._row(self._replay, QPushButton("Browse…", clicked=self.choose_replay)))
+        self._replay_row = self._row(self._replay, QPushButton("Browse…", clicked=self.choose_replay))
+        form.addRow("Replay dataset", self._replay_row)
         defaults = SteerRequest(Path("."), Path("."), "pose", Path("."))
         self._replay_fraction = QDoubleSpinBox(minimum=0.0, maximum=0.95, singleStep=0.05,
                                                value=defaults.replay_fraction)
@@ -411,8 +423,9 @@ class HardSamplesDialog(JobDialog):
         self._resume = QCheckBox("Resume the run in this folder")
         form.addRow(self._resume)
         left.addLayout(form)
-        self._request_widgets = [self._model, self._out, self._rounds, self._samples, self._views, self._size,
-                                 self._steer_steps, self._finetune_steps, self._replay, self._replay_fraction,
+        # the rows hold the fields with their Browse buttons: nothing of the request changes while it runs
+        self._request_widgets = [self._model_row, self._out_row, self._rounds, self._samples, self._views, self._size,
+                                 self._steer_steps, self._finetune_steps, self._replay_row, self._replay_fraction,
                                  self._seed]
         self._progress = QProgressBar()
         left.addWidget(self._progress)
@@ -440,7 +453,7 @@ class HardSamplesDialog(JobDialog):
         plots = pg.GraphicsLayoutWidget()
         plots.setMinimumHeight(300)
         self._yaw_plot = self._plot(plots, "Learned camera density: yaw", "yaw (°)", "density")
-        self._pitch_plot = self._plot(plots, "pitch", "pitch (°)", "density")
+        self._pitch_plot = self._plot(plots, "pitch", "pitch (°)", "density", legend=False)  # yaw's colours
         self._error_plot = self._plot(plots, "Model error per round", "round", "error")
         right.addWidget(plots, 1)
         self._strip_title = QLabel()
@@ -457,12 +470,14 @@ class HardSamplesDialog(JobDialog):
         return right
 
     @staticmethod
-    def _plot(canvas: pg.GraphicsLayoutWidget, title: str, x_label: str, y_label: str) -> pg.PlotItem:
+    def _plot(canvas: pg.GraphicsLayoutWidget, title: str, x_label: str, y_label: str,
+              legend: bool = True) -> pg.PlotItem:
         plot = canvas.addPlot(title=title)
         plot.setLabel("bottom", x_label)
         plot.setLabel("left", y_label)
         plot.showGrid(x=True, y=True, alpha=0.2)
-        plot.addLegend(offset=(-8, 8))
+        if legend:
+            plot.addLegend(offset=(-8, 8))
         plot.setMenuEnabled(False)
         return plot
 

@@ -67,32 +67,37 @@ def dialog_for(qtbot, tmp_path, generator, messages):
 
 
 def test_a_tiny_run_fills_the_plots_and_the_strip(dialog_for, models, qtbot, messages):
-    dialog = dialog_for(models / "pose.pt")
+    dialog = dialog_for(models / "pose.pt", rounds=2)
+    shown = []
+    dialog._progress.valueChanged.connect(shown.append)
     assert dialog._task.currentText() == "pose" and not dialog._task.isEnabled()  # from studio.json
     assert not dialog._input_size.isEnabled() and dialog._input_size.value() == SIZE
     dialog._start_button.click()
+    assert not dialog._model_row.isEnabled() and not dialog._replay_row.isEnabled()  # Browse… too, while it runs
     qtbot.waitUntil(lambda: dialog.result is not None or bool(messages), timeout=120000)
     assert not messages
-    assert dialog.result.rounds_done == 1 and not dialog.result.stopped
-    assert dialog._progress.value() == dialog._progress.maximum() == 2 + 4 + 2
+    assert dialog.result.rounds_done == 2 and not dialog.result.stopped
+    assert dialog._progress.value() == dialog._progress.maximum() == 2 * (2 + 4 + 2)
+    assert shown == sorted(shown)  # reports handled late still count the phases finished when they were made
     out = dialog.output_folder()
-    assert (out / "round_01" / "model.pt").is_file()
+    assert (out / "round_02" / "model.pt").is_file()
     density = dialog._yaw_plot.listDataItems()
-    assert [item.name() for item in density] == ["prior", "round 1"]
+    assert [item.name() for item in density] == ["prior", "round 1", "round 2"]
     assert all(len(item.getData()[0]) > 100 for item in density)
-    assert len(dialog._pitch_plot.listDataItems()) == 2
+    assert len(dialog._pitch_plot.listDataItems()) == 3
     errors = {item.name(): item.getData()[1] for item in dialog._error_plot.listDataItems()}
     state = read_state(out)
-    assert list(errors["steering, last update"]) == [state["rounds"]["1"]["steered"]["loss_per_step"][-1]]
-    assert list(errors["fine-tune loss"]) == [state["rounds"]["1"]["tuned"]["last_loss"]]
-    # the strip: the round's samples, hardest first, as shown pictures
-    records = json.loads((out / "round_01" / "cameras.json").read_text())["images"]
+    assert list(errors["steering, last update"]) == [state["rounds"][r]["steered"]["loss_per_step"][-1]
+                                                     for r in "12"]
+    assert list(errors["fine-tune loss"]) == [state["rounds"][r]["tuned"]["last_loss"] for r in "12"]
+    # the strip: the newest round's samples, hardest first, as shown pictures
+    records = json.loads((out / "round_02" / "cameras.json").read_text())["images"]
     ranked = sorted(records, key=lambda name: -records[name]["model_loss"])
     assert dialog.strip_names == ranked
     tiles = [dialog._strip_row.itemAt(i).widget() for i in range(len(dialog.strip_names))]
     assert all(not tile.findChildren(QLabel)[0].pixmap().isNull() for tile in tiles)
     qtbot.waitUntil(lambda: not dialog.is_running(), timeout=10000)
-    assert dialog._resume.isEnabled() and "1 rounds finished" in dialog._resume.text()
+    assert dialog._resume.isEnabled() and "2 rounds finished" in dialog._resume.text()
 
 
 def test_stop_keeps_the_finished_phases_and_resume_finishes(dialog_for, models, qtbot, messages):
