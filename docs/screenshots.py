@@ -1,8 +1,8 @@
 """A walkthrough of the studio in a live X window, grabbed from the X server into docs/*.png.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/screenshots.py --branch SEMANTIC_CHECKPOINT
-        [--backbone default|PATH] [--out docs] [--only annotate,orbit,depth,pointcloud,edit,train,generate]
-        [--edit-steps N] [--train-steps 20]
+        [--backbone default|PATH] [--out docs] [--only annotate,orbit,depth,pointcloud,edit,train,generate,hard_samples]
+        [--edit-steps N] [--train-steps 20] [--frozen-model POSE.pt]
 
 The window runs on Qt's xcb platform (set here unless QT_QPA_PLATFORM says otherwise; Qt's
 offscreen platform is refused: it has no OpenGL and hides what users see), and every picture is
@@ -14,7 +14,9 @@ workspace's own API. With --branch (a semantic branch trained on the backbone, e
 `main.py train-semantic`) Orbit shows the Blend mode, the point cloud is fused and drawn, an
 identity is painted (edit.png: a wider nose), edited and compared from yaw +30
 (editing_workspace.png), the Train dialog continues the branch
-for --train-steps steps and the Generate dialog makes a small dataset.
+for --train-steps steps and the Generate dialog makes a small dataset. With --frozen-model (a
+TorchScript pose model, e.g. from `main.py train-frozen`) the Hard Samples dialog runs two small
+steering rounds against it.
 
 Besides the pictures, `walkthrough.json` in --out lists each picture's parts (name -> [x, y, w, h]
 in the picture's pixels, e.g. the point-cloud canvas) and the Orbit frame times: the window tests
@@ -35,8 +37,8 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-PICTURES = ("annotate", "orbit", "depth", "pointcloud", "edit", "train", "generate")
-README_PICTURES = ("annotate", "orbit", "pointcloud", "edit", "train", "generate")
+PICTURES = ("annotate", "orbit", "depth", "pointcloud", "edit", "train", "generate", "hard_samples")
+README_PICTURES = ("annotate", "orbit", "pointcloud", "edit", "train", "generate", "hard_samples")
 
 
 class Walkthrough:
@@ -89,6 +91,7 @@ def main() -> None:
                         help=f"comma-separated pictures to take, of {','.join(PICTURES)}")
     parser.add_argument("--edit-steps", type=int, help="optimisation steps of the edit (default: the studio's)")
     parser.add_argument("--train-steps", type=int, default=20, help="steps the Train dialog runs for its picture")
+    parser.add_argument("--frozen-model", type=Path, help="a TorchScript pose model for the Hard Samples picture")
     args = parser.parse_args()
     wanted = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(wanted) - set(PICTURES))
@@ -97,6 +100,8 @@ def main() -> None:
     needs_branch = {"pointcloud", "edit", "train"} & set(wanted)
     if needs_branch and args.branch is None:
         parser.error(f"--branch is needed for {', '.join(sorted(needs_branch))}")
+    if "hard_samples" in wanted and args.frozen_model is None:
+        parser.error("--frozen-model is needed for hard_samples")
 
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication, QMessageBox
@@ -137,7 +142,7 @@ def main() -> None:
     walk = Walkthrough(app, window, args)
     walk.wait(lambda: window.windowHandle() is not None and window.windowHandle().isExposed(), 30, "the window")
     steps = {"annotate": _annotate, "orbit": _orbit, "depth": _depth, "pointcloud": _pointcloud, "edit": _edit,
-             "train": _train, "generate": _generate}
+             "train": _train, "generate": _generate, "hard_samples": _hard_samples}
     for name in PICTURES:  # in the walkthrough's order, whatever the order of --only
         if name in wanted:
             steps[name](walk, seed)
@@ -256,6 +261,21 @@ def _generate(walk: Walkthrough, seed: int) -> None:
     walk.wait(lambda: not generate.is_running(), 600, "the dataset")
     walk.grab("generate", generate)
     generate.close()
+
+
+def _hard_samples(walk: Walkthrough, seed: int) -> None:
+    window = walk.window
+    window.hard_samples()
+    dialog = window.hard_samples_dialog
+    dialog.set_model(str(walk.args.frozen_model))
+    dialog._out.setText("demo")
+    for spin, value in ((dialog._rounds, 2), (dialog._samples, 24), (dialog._views, 4), (dialog._size, 32),
+                        (dialog._steer_steps, 6), (dialog._finetune_steps, 40)):
+        spin.setValue(value)
+    dialog.start()
+    walk.wait(lambda: dialog.result is not None and not dialog.is_running(), 900, "the steering rounds")
+    walk.grab("hard_samples", dialog)
+    dialog.close()
 
 
 if __name__ == "__main__":
