@@ -31,7 +31,6 @@ from core.editing.progress import StepReport
 from core.procedural import SEED_RANGES
 
 TOOLS = ("paint", "fill", "pick")
-EDITS_FOLDER = "edits"
 IDLE_TEXT = "Idle"
 EDIT_SHORTCUTS_HELP = """Edit
   B / F / I          paint, fill, pick
@@ -359,7 +358,7 @@ class EditWorkspace(QWidget):
             self.error.emit("Name the edit with letters, digits, '-', '_' or '.' (at most 64).")
             return None
         if getattr(self.project, "writable", True):
-            folder = Path(self.project.folder) / EDITS_FOLDER / name
+            folder = self.project.edits_dir / name
         else:  # read-only: the project is never written; export elsewhere
             if export_to is None:
                 chosen = QFileDialog.getExistingDirectory(self, "Export the edit to (outside the read-only project)")

@@ -18,8 +18,6 @@ from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFormLayout, QHBoxLayo
 from app.workers import JobDialog, StoppableJob
 from core.factory.generate import FactoryProgress, GenerateRequest, generate_dataset, read_manifest
 
-DATASETS_FOLDER = "datasets"
-
 
 class FactoryJob(StoppableJob):
     """generate_dataset off the GUI thread (progress: FactoryProgress, result: FactoryResult)."""
@@ -48,7 +46,7 @@ class GenerateDialog(JobDialog):
 
     # ------------------------------------------------------------------ the request
     def output_folder(self) -> Path:
-        return Path(self.project.folder) / DATASETS_FOLDER / (self._name.text().strip() or "dataset")
+        return self.project.datasets_dir / (self._name.text().strip() or "dataset")
 
     def request(self) -> GenerateRequest:
         return GenerateRequest(
@@ -116,7 +114,7 @@ class GenerateDialog(JobDialog):
                            "of new identities, from the backbone and the project's newest semantic branch.",
                            wordWrap=True))
         self._name = QLineEdit(time.strftime("dataset-%Y%m%d-%H%M"))
-        self._name.setToolTip(f"Folder under {Path(self.project.folder) / DATASETS_FOLDER}")
+        self._name.setToolTip(f"Folder under {self.project.datasets_dir}")
         self._name.textChanged.connect(lambda _: self._update_resume())
         form.addRow("Name", self._name)
         self._identities = QSpinBox(minimum=1, maximum=10_000_000, value=100)

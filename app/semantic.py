@@ -12,9 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from core.semantic import latest_checkpoint, load_branch
+from core.semantic import load_branch
 
-SEMANTIC_FOLDER = "semantic"
 TRAIN_HINT = "Project → Train Semantic Branch…"
 
 
@@ -29,7 +28,7 @@ class BranchState:
 
 
 def semantic_folder(project) -> Path:
-    return Path(project.folder) / SEMANTIC_FOLDER
+    return project.semantic_dir
 
 
 def load_project_branch(project, backbone) -> BranchState:
@@ -39,7 +38,7 @@ def load_project_branch(project, backbone) -> BranchState:
     if project is None:
         return BranchState(None, "Part labels need a project with a trained semantic branch: "
                                  f"open or create a project, annotate a few views, then {TRAIN_HINT}")
-    path = latest_checkpoint(semantic_folder(project))
+    path = project.current_branch()
     if path is None:
         return BranchState(None, f"This project has no trained semantic branch yet; annotate a few views, "
                                  f"then {TRAIN_HINT}")

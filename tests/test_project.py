@@ -421,3 +421,22 @@ def test_a_recovery_that_fails_on_open_releases_the_lock(project, monkeypatch):
             Project.open(project.folder, writable=True)
     with Project.open(project.folder, writable=True) as reopened:  # the lock was not left held
         assert reopened.annotations()[0].pixel_counts == pixel_counts(np.zeros_like(sample_mask()))
+
+
+def test_one_branch_rule_for_window_factory_and_verbs(project):
+    """A newer checkpoint in a `--run` subfolder must not be picked: every reader uses the top level."""
+    from app.semantic import semantic_folder
+    from core.factory.generate import FactoryError, find_branch
+
+    assert project.current_branch() is None and semantic_folder(project) == project.semantic_dir
+    with pytest.raises(FactoryError, match="no trained semantic branch"):
+        find_branch(project)
+    top = project.semantic_dir / "semantic-step0000010.safetensors"
+    run = project.semantic_dir / "trial" / "semantic-step0000050.safetensors"
+    run.parent.mkdir(parents=True)
+    for path in (top, run):  # the run's file is newer by name, step and mtime
+        path.write_bytes(b"x")
+    os.utime(top, (1, 1))
+    assert project.current_branch() == top
+    assert find_branch(project) == top
+    assert project.datasets_dir == project.folder / "datasets" and project.edits_dir == project.folder / "edits"

@@ -97,7 +97,7 @@ def _project_inputs(folder: Path, branch_file: Path | None, UserError):
     from core.checkpoint.errors import CheckpointError
     from core.project import Project
     from core.project.errors import ProjectError
-    from core.semantic import latest_checkpoint, load_branch
+    from core.semantic import load_branch
     from core.semantic.annotations import annotated_views
 
     try:
@@ -105,11 +105,11 @@ def _project_inputs(folder: Path, branch_file: Path | None, UserError):
             backbone = project.load_backbone("cpu")
             problems = []
             annotations = annotated_views(project, problems)
+            checkpoint = branch_file or project.current_branch()
     except (ProjectError, OSError, ValueError) as error:
         raise UserError(str(error)) from error
     for problem in problems:
         print(f"skipped: {problem}")
-    checkpoint = branch_file or (latest_checkpoint(folder / "semantic") if (folder / "semantic").is_dir() else None)
     if checkpoint is None:
         return backbone, annotations, None
     try:

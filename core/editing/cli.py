@@ -28,7 +28,7 @@ def _open_project(folder: Path, need_branch: bool, device: str):
     from core.cli import UserError
     from core.project.errors import ProjectError
     from core.project.store import Project
-    from core.semantic import latest_checkpoint, load_branch
+    from core.semantic import load_branch
     from core.semantic.checkpoint import CheckpointError
 
     try:
@@ -37,7 +37,7 @@ def _open_project(folder: Path, need_branch: bool, device: str):
         palette = project.label_set.palette()
     except (ProjectError, ValueError, OSError) as error:
         raise UserError(str(error)) from error
-    checkpoint = latest_checkpoint(project.folder / "semantic") if (project.folder / "semantic").is_dir() else None
+    checkpoint = project.current_branch()
     if checkpoint is None:
         if need_branch:
             raise UserError(f"{project.folder} has no trained semantic branch (semantic/*.safetensors); "

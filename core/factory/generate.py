@@ -333,7 +333,7 @@ def _open_models(request: GenerateRequest):
         backbone = project.load_backbone(device=pick_device(request.device))
     except (ProjectError, BackboneError, OSError, ValueError) as error:
         raise FactoryError(str(error)) from error
-    branch_file = Path(request.branch) if request.branch else find_branch(project.folder)
+    branch_file = Path(request.branch) if request.branch else find_branch(project)
     try:
         branch, _ = load_branch(branch_file, backbone_hash=backbone.content_hash, device=backbone.device)
     except CheckpointError as error:
@@ -345,17 +345,13 @@ def _open_models(request: GenerateRequest):
     return backbone, branch.eval(), branch_file, label_set
 
 
-def find_branch(project_folder: Path) -> Path:
-    """The newest semantic-branch checkpoint under the project's semantic/ folder (any depth)."""
-    from core.semantic import latest_checkpoint
-
-    folder = Path(project_folder) / "semantic"
-    candidates = [latest_checkpoint(d) for d in [folder, *sorted(p for p in folder.rglob("*") if p.is_dir())]
-                  if d.is_dir()] if folder.is_dir() else []
-    candidates = [path for path in candidates if path is not None]
-    if not candidates:
-        raise FactoryError(f"{folder}: no trained semantic branch; run train-semantic first or pass --branch FILE")
-    return max(candidates, key=lambda path: path.stat().st_mtime)
+def find_branch(project) -> Path:
+    """The project's current semantic branch (`Project.current_branch`), or a FactoryError saying how to get one."""
+    branch = project.current_branch()
+    if branch is None:
+        raise FactoryError(f"{project.semantic_dir}: no trained semantic branch; "
+                           "run train-semantic first or pass --branch FILE")
+    return branch
 
 
 # ---------------------------------------------------------------------------- the folder

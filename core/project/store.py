@@ -28,6 +28,8 @@ import numpy as np
 from core.camera import Camera
 from core.fileio import atomic_write_json, read_indexed_png, write_indexed_png
 
+from core.semantic.checkpoint import latest_checkpoint
+
 from .errors import (AnnotationError, AnnotationNotFoundError, BackboneMismatchError,
                      CorruptAnnotationError, ForeignAnnotationError, LabelInUseError, MaskSizeError,
                      ProjectExistsError, ProjectFormatError, ProjectNotFoundError,
@@ -57,6 +59,11 @@ class AnnotationCounts:
     annotations: int
     per_identity: dict[IdentityRef, int]
     pixels_per_class: dict[int, int]
+
+
+SEMANTIC_DIR = "semantic"
+DATASETS_DIR = "datasets"
+EDITS_DIR = "edits"
 
 
 class Project:
@@ -125,6 +132,28 @@ class Project:
         return f"Project({str(self.folder)!r}, {mode}, {len(self.annotation_ids())} annotations)"
 
     # ============================================================ project.json
+    @property
+    def semantic_dir(self) -> Path:
+        """Where semantic branches are trained (design §4); `--run NAME` trains into subfolders."""
+        return self.folder / SEMANTIC_DIR
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.folder / DATASETS_DIR
+
+    @property
+    def edits_dir(self) -> Path:
+        return self.folder / EDITS_DIR
+
+    def current_branch(self) -> Path | None:
+        """The project's semantic branch: the highest-step checkpoint at the top level of `semantic/`.
+
+        The one rule the window, the factory, editing and downstream all use. Checkpoints a
+        `--run NAME` training wrote into `semantic/NAME/` are never picked implicitly (pass
+        `--branch FILE` for them), so every verb uses the branch the window shows.
+        """
+        return latest_checkpoint(self.semantic_dir)
+
     @property
     def writable(self) -> bool:
         return self._lock is not None and self._lock.held

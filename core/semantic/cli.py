@@ -12,7 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
-SEMANTIC_DIR = "semantic"
+from core.project.store import SEMANTIC_DIR
+
 TRAINING_LOG = "training_log.json"
 DEFAULT_STEPS = 2000
 

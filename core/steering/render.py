@@ -140,7 +140,7 @@ def open_world(project: Path, task: str, size: int, principal: int, device: str 
         raise FactoryError(str(error)) from error
     branch = None
     try:
-        branch_file = Path(branch_file) if branch_file else find_branch(opened.folder)
+        branch_file = Path(branch_file) if branch_file else find_branch(opened)
         branch, _ = load_branch(branch_file, backbone_hash=backbone.content_hash, device=backbone.device)
         branch = branch.eval()
     except (FactoryError, CheckpointError) as error:
