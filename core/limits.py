@@ -201,6 +201,7 @@ CLI_ARGUMENTS: dict[str, Range] = {
     "max_loss": Range(0.0, 1e6),
     "min_confidence": Range(0.0, 1.0),
     "prior_fraction": Range(0.0, 1.0),
+    "replay_fraction": Range(0.0, 0.99, note="share of each fine-tuning batch replayed (below 1: the rounds keep a share)"),
     "finetune_steps": _STEPS,
     "width": Range(1, 1024, integer=True, note="channels of the frozen model's first layer"),
     "data_workers": Range(0, 64, integer=True),
