@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QUrl
+from PySide6.QtCore import QUrl
 from PySide6.QtGui import QDesktopServices
-from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
-                               QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QSpinBox,
+                               QVBoxLayout, QWidget)
 
 from app.workers import JobDialog, StoppableJob
 from core.factory.generate import FactoryProgress, GenerateRequest, generate_dataset, read_manifest
@@ -140,23 +140,7 @@ class GenerateDialog(JobDialog):
         self._request_widgets = [self._name, self._identities, self._views, self._size, self._yaw_low,
                                  self._yaw_high, self._pitch_low, self._pitch_high, self._truncation, self._seed,
                                  self._pointclouds]
-        self._progress = QProgressBar()
-        layout.addWidget(self._progress)
-        self._status = QLabel("Ready.", wordWrap=True)
-        self._status.setMinimumHeight(48)  # room for two lines: a long output path wraps
-        self._status.setAlignment(Qt.AlignLeft | Qt.AlignTop)
-        layout.addWidget(self._status)
-        layout.addStretch(1)
-        buttons = QHBoxLayout()
-        self._open_button = QPushButton("Open Folder", clicked=self.open_folder)
-        self._start_button = QPushButton("Start", clicked=self.start, default=True)
-        self._stop_button = QPushButton("Stop", clicked=self.stop, enabled=False)
-        buttons.addWidget(self._open_button)
-        buttons.addStretch(1)
-        buttons.addWidget(self._start_button)
-        buttons.addWidget(self._stop_button)
-        buttons.addWidget(QPushButton("Close", clicked=self.close))
-        layout.addLayout(buttons)
+        self._add_job_controls(layout)
 
     @staticmethod
     def _angle(value: float, limit: float) -> QDoubleSpinBox:

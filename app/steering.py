@@ -21,8 +21,8 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices, QImage, QPixmap
-from PySide6.QtWidgets import (QComboBox, QCheckBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-                               QProgressBar, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QCheckBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                               QLineEdit, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
 
 from app.widgets import label_lut
 from app.workers import JobDialog, StoppableJob
@@ -427,25 +427,8 @@ class HardSamplesDialog(JobDialog):
         self._request_widgets = [self._model_row, self._out_row, self._rounds, self._samples, self._views, self._size,
                                  self._steer_steps, self._finetune_steps, self._replay_row, self._replay_fraction,
                                  self._seed]
-        self._progress = QProgressBar()
-        left.addWidget(self._progress)
-        self._status = QLabel("Ready.", wordWrap=True)
-        self._status.setMinimumHeight(48)
+        self._add_job_controls(left)
         self._status.setMaximumWidth(420)
-        self._status.setAlignment(Qt.AlignLeft | Qt.AlignTop)
-        self._status.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        left.addWidget(self._status)
-        left.addStretch(1)
-        buttons = QHBoxLayout()
-        self._open_button = QPushButton("Open Folder", clicked=self.open_folder)
-        self._start_button = QPushButton("Start", clicked=self.start, default=True)
-        self._stop_button = QPushButton("Stop", clicked=self.stop, enabled=False)
-        buttons.addWidget(self._open_button)
-        buttons.addStretch(1)
-        buttons.addWidget(self._start_button)
-        buttons.addWidget(self._stop_button)
-        buttons.addWidget(QPushButton("Close", clicked=self.close))
-        left.addLayout(buttons)
         return left
 
     def _build_results(self):

@@ -15,8 +15,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
-from PySide6.QtWidgets import QDialog, QMessageBox, QWidget
+from PySide6.QtCore import QObject, QThread, QTimer, Qt, Signal, Slot
+from PySide6.QtWidgets import QDialog, QHBoxLayout, QLabel, QMessageBox, QProgressBar, QPushButton, QWidget
 
 from app.errors import describe
 from app.rendering import COARSE_SAMPLES_PER_RAY, Frame, ViewRequest, render_frame
@@ -252,8 +252,9 @@ class JobDialog(QDialog):
     """A dialog that runs one StoppableJob at a time (training, the factory): Start launches it,
     Stop asks it to stop, closing hides the dialog while it runs, a failure shows a message.
 
-    Subclasses build `_progress`, `_status` and `_stop_button`, and give `_show_progress`,
-    `_finished`, `_set_running` (which emits busy_changed) and optionally `_after_job`."""
+    Subclasses build `_progress`, `_status` and `_stop_button` (`_add_job_controls` lays them out
+    as every such dialog shows them), and give `_show_progress`, `_finished`, `_set_running`
+    (which emits busy_changed) and optionally `_after_job`; `open_folder` shows the output."""
 
     busy_changed = Signal(bool)
     failure_title = "The job failed"
@@ -264,6 +265,27 @@ class JobDialog(QDialog):
         self.job: StoppableJob | None = None
         self.result = None
         self.error_text = ""
+
+    def _add_job_controls(self, layout) -> None:
+        """Progress bar, status line and Open Folder / Start / Stop / Close, at the foot of `layout`."""
+        self._progress = QProgressBar()
+        layout.addWidget(self._progress)
+        self._status = QLabel("Ready.", wordWrap=True)
+        self._status.setMinimumHeight(48)  # room for two lines: a long output path wraps
+        self._status.setAlignment(Qt.AlignLeft | Qt.AlignTop)
+        self._status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        layout.addWidget(self._status)
+        layout.addStretch(1)
+        buttons = QHBoxLayout()
+        self._open_button = QPushButton("Open Folder", clicked=self.open_folder)
+        self._start_button = QPushButton("Start", clicked=self.start, default=True)
+        self._stop_button = QPushButton("Stop", clicked=self.stop, enabled=False)
+        buttons.addWidget(self._open_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self._start_button)
+        buttons.addWidget(self._stop_button)
+        buttons.addWidget(QPushButton("Close", clicked=self.close))
+        layout.addLayout(buttons)
 
     def _launch(self, job: StoppableJob, total: int, status: str) -> None:
         self.result, self.error_text = None, ""
